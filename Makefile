@@ -1,0 +1,51 @@
+# flaskfleet: `make up` brings the whole stack up locally, `make test` runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    := .venv/bin
+TOOLS   := $(CURDIR)/.tools
+export PATH := $(CURDIR)/$(VENV):$(TOOLS):$(PATH)
+export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+TEST_SUITES := lint app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
+
+.PHONY: help setup lock lint test test-lint test-app test-roles up down
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## Install and start everything a fresh machine needs (idempotent, cached)
+	@bash scripts/setup.sh
+
+lock: ## Re-pin requirements/*.txt from requirements/*.in
+	@for in in requirements/*.in; do \
+	  $(VENV)/uv pip compile -q "$$in" -o "$${in%.in}.txt" --python-version 3.11; done
+
+test: setup ## Run every test; ends with a one-line summary
+	@bash scripts/run-tests.sh $(TEST_SUITES)
+
+lint: setup test-lint ## ansible-lint (production), yamllint, tofu fmt, ruff
+
+test-lint:
+	ruff check .
+	ruff format --check .
+	yamllint --strict .
+	ansible-lint --profile production
+	tofu fmt -check -recursive -diff terraform
+
+test-app: ## The Flask service's tests against real PostgreSQL and Redis
+	python -m pytest app/tests -q
+
+test-roles: ## Every role's Molecule scenario
+	@bash scripts/run-tests.sh $(addprefix molecule:,$(MOLECULE_SCENARIOS))
+
+up: setup ## Bring the whole stack up locally and print its URL
+	@echo "make up: the whole-stack deployment (issue 6) is not built yet;" >&2
+	@echo "  missing: terraform/environments/local, site.yml roles, the stack smoke check." >&2
+	@exit 1
+
+down: ## Remove everything make up made
+	@echo "make down: nothing to remove until make up exists (issue 6)." >&2

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The base "VM" image: Debian with systemd as PID 1, python3, sudo and
+# openssh-server, made by debootstrap and `docker import` (no registry can be
+# pulled from). Tagged with the recipe's content hash: a changed recipe
+# rebuilds, an unchanged one is reused. Prints the image reference.
+. "$(dirname "$0")/lib.sh"
+
+recipe=("$FF_ROOT/images/base/packages.txt" "$FF_ROOT/images/base/configure.sh" "$0" "$FF_ROOT/versions.env")
+version=$(content_hash "${recipe[@]}")
+image="$BASE_IMAGE_REPO:$version"
+rootfs_tar="$FF_CACHE/images/base-$version.tar"
+
+if docker image inspect "$image" >/dev/null 2>&1; then
+  docker tag "$image" "$BASE_IMAGE_REPO:current"
+  echo "$image"
+  exit 0
+fi
+
+if [ ! -s "$rootfs_tar" ]; then
+  apt_ensure debootstrap
+  mkdir -p "$FF_CACHE/images"
+  work=$(mktemp -d "$FF_CACHE/images/rootfs.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  packages=$(grep -v '^#' "$FF_ROOT/images/base/packages.txt" | paste -sd, -)
+  log "debootstrap $BASE_SUITE ($packages) - a few minutes, once"
+  debootstrap --variant=minbase --include="$packages" "$BASE_SUITE" "$work/rootfs" "$BASE_MIRROR" \
+    >"$work/debootstrap.log" 2>&1 || { tail -n 40 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+  install -m 0755 "$FF_ROOT/images/base/configure.sh" "$work/rootfs/configure.sh"
+  chroot "$work/rootfs" /configure.sh
+  rm "$work/rootfs/configure.sh"
+  tar -C "$work/rootfs" --numeric-owner -cf "$rootfs_tar.partial" .
+  mv "$rootfs_tar.partial" "$rootfs_tar"
+fi
+
+log "docker import $image"
+docker import \
+  --change 'CMD ["/lib/systemd/systemd"]' \
+  --change 'STOPSIGNAL SIGRTMIN+3' \
+  --change 'ENV container=docker' \
+  --change "LABEL org.flaskfleet.recipe=$version" \
+  "$rootfs_tar" "$image" >/dev/null
+docker tag "$image" "$BASE_IMAGE_REPO:current"
+echo "$image"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Python virtual environments from the locks in requirements/: .venv for
+# everything, .venv-checkov for the Terraform scanner (its pins clash with pytest).
+. "$(dirname "$0")/lib.sh"
+
+sync_venv() {  # sync_venv DIR LOCKFILE
+  local venv="$FF_ROOT/$1" lock="$FF_ROOT/$2" stamp want
+  stamp="$venv/.flaskfleet-lock"
+  want=$(content_hash "$lock")
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  log "installing $2 into $1"
+  [ -x "$FF_ROOT/.venv/bin/uv" ] || {
+    [ -x "$FF_ROOT/.venv/bin/python" ] || python3 -m venv "$FF_ROOT/.venv"
+    "$FF_ROOT/.venv/bin/pip" install -q "uv==$UV_VERSION"
+  }
+  [ -x "$venv/bin/python" ] || "$FF_ROOT/.venv/bin/uv" venv -q --python python3 "$venv"
+  VIRTUAL_ENV=$venv "$FF_ROOT/.venv/bin/uv" pip sync -q "$lock"
+  echo "$want" >"$stamp"
+}
+
+sync_venv .venv requirements/main.txt
+sync_venv .venv-checkov requirements/checkov.txt

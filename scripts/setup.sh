@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make setup`: everything a fresh machine of this kind needs, idempotent and
+# cached (a second run reuses every piece).
+. "$(dirname "$0")/lib.sh"
+start=$SECONDS
+scripts="$FF_ROOT/scripts"
+
+bash "$scripts/setup-python.sh"
+bash "$scripts/setup-docker.sh"
+bash "$scripts/build-base-image.sh" >/dev/null
+bash "$scripts/setup-terraform.sh"
+log "setup complete in $((SECONDS - start)) s"
