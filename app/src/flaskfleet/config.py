@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from flaskfleet import __version__
+from flaskfleet._version import __version__
 
 ENV_PREFIX = "FLASKFLEET_"
 
@@ -37,7 +37,7 @@ def _check_dsn(value: str) -> str:
     try:
         psycopg2.extensions.parse_dsn(value)
     except psycopg2.ProgrammingError as exc:
-        raise ValueError(f"not a libpq connection string or URL ({exc})") from None
+        raise ValueError(f"not a libpq connection string or URL ({str(exc).strip()})") from None
     return value
 
 
@@ -137,5 +137,6 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(
         name
         for name in environ
-        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+        if name.startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].lower() not in Settings.model_fields
     )

@@ -1,0 +1,107 @@
+"""flaskfleet: a small shop API on Flask, PostgreSQL (primary and replica) and Redis."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from flaskfleet import errors, logs, web
+from flaskfleet._version import __version__
+from flaskfleet.api import v1, v2
+from flaskfleet.cache import REDIS_OPTIONS, ProductCache
+from flaskfleet.config import Settings, unknown_variables
+from flaskfleet.db import ConnectionPool, Database
+from flaskfleet.migrations import db_cli
+from flaskfleet.ops import ops
+
+__all__ = ["__version__", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a request needs, kept on app.extensions["flaskfleet"]."""
+
+    settings: Settings
+    db: Database
+    cache: ProductCache
+    limiter: Limiter
+    redis: redis.Redis | None
+
+
+def _pool(name: str, dsn: str, settings: Settings) -> ConnectionPool:
+    return ConnectionPool(
+        name,
+        dsn,
+        minconn=settings.db_pool_min,
+        maxconn=settings.db_pool_max,
+        timeout=settings.db_pool_timeout,
+        connect_timeout=settings.db_connect_timeout,
+    )
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from FLASKFLEET_* environment variables, overridden by `config` if given.
+
+    `config` uses the same names as the environment (e.g. {"FLASKFLEET_DATABASE_URL": ...}).
+    Raises config.ConfigError, naming the variable, when a value is unusable.
+    """
+    environ = {**os.environ, **(config or {})}
+    settings = Settings.from_env(environ)
+    logs.configure()
+    for name in unknown_variables(environ):
+        log.warning("ignoring unknown configuration variable", extra={"variable": name})
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key.get_secret_value() or None,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+    )
+    if settings.proxy_count:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count
+        )
+
+    replica_url = settings.database_replica_url
+    database = Database(
+        _pool("primary", settings.database_url.get_secret_value(), settings),
+        _pool("replica", replica_url.get_secret_value(), settings) if replica_url else None,
+    )
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        default_limits=[settings.ratelimit_default],
+        storage_uri=redis_url or "memory://",
+        storage_options=dict(REDIS_OPTIONS) if redis_url else {},
+        key_prefix="flaskfleet",
+        headers_enabled=True,
+        # Redis down: count in process memory instead, and never fail a request over it.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+    )
+    app.extensions["flaskfleet"] = Services(
+        settings=settings,
+        db=database,
+        cache=ProductCache(app, redis_url, settings.cache_timeout),
+        limiter=limiter,
+        redis=redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None,
+    )
+
+    web.register(app)
+    errors.register(app)
+    limiter.exempt(ops)
+    app.register_blueprint(ops)
+    app.register_blueprint(v1)
+    app.register_blueprint(v2)
+    app.cli.add_command(db_cli)
+    return app

@@ -1,0 +1,211 @@
+"""The shop API: /api/v1 (offset pages, deprecated for reads of lists) and /api/v2 (cursors)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+
+from flask import Blueprint, Response, current_app, request, url_for
+
+from flaskfleet import shop
+from flaskfleet.errors import APIError
+from flaskfleet.schemas import PG_BIGINT_MAX, OrderIn, ProductIn
+from flaskfleet.web import (
+    client_write_lsn,
+    conditional_json,
+    json_response,
+    parse_body,
+    query_int,
+    remember_write,
+    require_token,
+)
+
+v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
+v2 = Blueprint("v2", __name__, url_prefix="/api/v2")
+
+MAX_PAGE_SIZE = 100
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+# RFC 9745 Deprecation (a date, as @epoch-seconds) and RFC 8594 Sunset for v1 list reads.
+V1_LIST_DEPRECATION = "@1767225600"  # 2026-01-01T00:00:00Z
+V1_LIST_SUNSET = "Thu, 31 Dec 2026 23:59:59 GMT"
+
+
+def _services():
+    return current_app.extensions["flaskfleet"]
+
+
+def _not_found(kind: str, object_id: int) -> APIError:
+    return APIError(404, "not_found", f"{kind} {object_id} does not exist")
+
+
+def _checked_id(kind: str, object_id: int) -> int:
+    # Larger ids cannot exist (bigint) and would make PostgreSQL raise instead of finding none.
+    if object_id > PG_BIGINT_MAX:
+        raise _not_found(kind, object_id)
+    return object_id
+
+
+def _cached_read(key: str | None, query) -> tuple[object, str, str | None]:
+    """(body, X-Cache value, server read) for a product read through the cache.
+
+    A client that wrote recently skips the cache lookup, since a stale entry may have been
+    filled from a lagging replica, and refreshes the entry with what it reads.
+    """
+    services = _services()
+    write_lsn = client_write_lsn()
+    if key is not None and write_lsn is None:
+        found, body = services.cache.get(key)
+        if found:
+            return body, "HIT", None
+    body, source = services.db.read(query, write_lsn)
+    if key is not None and body is not None:
+        services.cache.set(key, body)
+    return body, "MISS", source
+
+
+def _product_response(product_id: int) -> Response:
+    product_id = _checked_id("product", product_id)
+    body, cache_state, source = _cached_read(
+        f"product:{product_id}", lambda conn: shop.get_product(conn, product_id)
+    )
+    if body is None:
+        raise _not_found("product", product_id)
+    return conditional_json(body, cache_state, source)
+
+
+@v1.get("/products")
+def list_products_v1() -> Response:
+    page = query_int("page", 1, 1, 1_000_000)
+    per_page = query_int("per_page", 20, 1, MAX_PAGE_SIZE)
+    key = _services().cache.list_key(f"v1:{page}:{per_page}")
+    body, cache_state, source = _cached_read(
+        key, lambda conn: shop.list_products_page(conn, page, per_page)
+    )
+    response = conditional_json(body, cache_state, source)
+    response.headers["Deprecation"] = V1_LIST_DEPRECATION
+    response.headers["Sunset"] = V1_LIST_SUNSET
+    response.headers["Link"] = f'<{url_for("v2.list_products_v2")}>; rel="successor-version"'
+    return response
+
+
+def _encode_cursor(after_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after_id}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after_id = decoded["after"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        after_id = None
+    if type(after_id) is not int or not 0 <= after_id <= PG_BIGINT_MAX:
+        raise APIError(400, "invalid_cursor", "the cursor is not valid", {"cursor": "invalid"})
+    return after_id
+
+
+@v2.get("/products")
+def list_products_v2() -> Response:
+    limit = query_int("limit", 20, 1, MAX_PAGE_SIZE)
+    cursor = request.args.get("cursor")
+    after_id = _decode_cursor(cursor) if cursor else 0
+    key = _services().cache.list_key(f"v2:{after_id}:{limit}")
+    page, cache_state, source = _cached_read(
+        key, lambda conn: shop.list_products_after(conn, after_id, limit)
+    )
+    next_after = page["next_after"]
+    body = {
+        "items": page["items"],
+        "next_cursor": None if next_after is None else _encode_cursor(next_after),
+    }
+    return conditional_json(body, cache_state, source)
+
+
+@v1.get("/products/<int:product_id>")
+def get_product_v1(product_id: int) -> Response:
+    return _product_response(product_id)
+
+
+@v2.get("/products/<int:product_id>")
+def get_product_v2(product_id: int) -> Response:
+    return _product_response(product_id)
+
+
+@v1.post("/products")
+@require_token
+def create_product() -> Response:
+    product = parse_body(ProductIn)
+    services = _services()
+    created, lsn = services.db.write(lambda conn: shop.create_product(conn, product))
+    services.cache.invalidate_products([created["id"]])
+    response = json_response(created, 201)
+    response.headers["Location"] = url_for("v1.get_product_v1", product_id=created["id"])
+    return remember_write(response, lsn)
+
+
+@v1.put("/products/<int:product_id>")
+@require_token
+def replace_product(product_id: int) -> Response:
+    product_id = _checked_id("product", product_id)
+    product = parse_body(ProductIn)
+    services = _services()
+    updated, lsn = services.db.write(lambda conn: shop.replace_product(conn, product_id, product))
+    if updated is None:
+        raise _not_found("product", product_id)
+    services.cache.invalidate_products([product_id])
+    return remember_write(json_response(updated), lsn)
+
+
+@v1.delete("/products/<int:product_id>")
+@require_token
+def delete_product(product_id: int) -> Response:
+    product_id = _checked_id("product", product_id)
+    services = _services()
+    deleted, lsn = services.db.write(lambda conn: shop.delete_product(conn, product_id))
+    if not deleted:
+        raise _not_found("product", product_id)
+    services.cache.invalidate_products([product_id])
+    return remember_write(Response(status=204), lsn)
+
+
+@v1.post("/orders")
+@require_token
+def place_order() -> Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise APIError(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            {"Idempotency-Key": "invalid"},
+        )
+    order = parse_body(OrderIn)
+    # Hash the validated body, so that formatting differences do not count as a new request.
+    request_hash = hashlib.sha256(order.model_dump_json().encode()).hexdigest()
+    services = _services()
+    (status, body, replayed), lsn = services.db.write(
+        lambda conn: shop.place_order(conn, order, key, request_hash)
+    )
+    if not replayed:
+        services.cache.invalidate_products([line["product_id"] for line in body["items"]])
+    response = json_response(body, status)
+    response.headers["Location"] = url_for("v1.get_order", order_id=body["id"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return remember_write(response, lsn)
+
+
+@v1.get("/orders/<int:order_id>")
+def get_order(order_id: int) -> Response:
+    order_id = _checked_id("order", order_id)
+    services = _services()
+    order, source = services.db.read(
+        lambda conn: shop.get_order(conn, order_id), client_write_lsn()
+    )
+    if order is None:
+        raise _not_found("order", order_id)
+    response = json_response(order)
+    response.headers["X-Read-Source"] = source
+    return response

@@ -1,0 +1,201 @@
+"""PostgreSQL access: one pool per process for the primary and one for the replica.
+
+Reads go to the replica unless the client carries the WAL position of its own last write and
+the replica has not replayed that far yet; then, or when the replica is unreachable, they go
+to the primary. Writes always go to the primary and return the WAL position after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+from flaskfleet import metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LSN_PATTERN = re.compile(r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")
+
+# Errors that mean "this server or connection is gone", as opposed to a bad query.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class DatabaseUnavailable(Exception):
+    """No usable connection to the database could be had in time."""
+
+
+class ConnectionPool:
+    """A thread-safe psycopg2 pool that waits for a free slot and pings before handing out.
+
+    The underlying pool is created lazily, and again after a fork, so importing the app in a
+    master process never shares sockets with workers, and a database that is down at start-up
+    does not stop the service from starting.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        minconn: int,
+        maxconn: int,
+        timeout: float,
+        connect_timeout: int,
+    ) -> None:
+        self.name = name
+        self._dsn = dsn
+        self._minconn = minconn
+        self._maxconn = maxconn
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(maxconn)
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._pid: int | None = None
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = psycopg2.pool.ThreadedConnectionPool(
+                    self._minconn,
+                    self._maxconn,
+                    self._dsn,
+                    connect_timeout=self._connect_timeout,
+                    application_name=f"flaskfleet-{self.name}",
+                )
+                self._pid = os.getpid()
+                metrics.DB_POOL_SIZE.labels(self.name).set(self._maxconn)
+            return self._pool
+
+    def _checkout(self, pool: psycopg2.pool.ThreadedConnectionPool):
+        # Every idle connection may be stale after a database restart; try each once.
+        for _ in range(self._maxconn + 1):
+            conn = pool.getconn()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except CONNECTION_ERRORS:
+                pool.putconn(conn, close=True)
+        raise DatabaseUnavailable(f"{self.name}: no live connection after pre-ping")
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise DatabaseUnavailable(f"{self.name}: pool exhausted for {self._timeout}s")
+        try:
+            try:
+                pool = self._get_pool()
+                conn = self._checkout(pool)
+            except CONNECTION_ERRORS as exc:
+                raise DatabaseUnavailable(f"{self.name}: {exc}".strip()) from exc
+            metrics.DB_POOL_IN_USE.labels(self.name).inc()
+            try:
+                yield conn
+            finally:
+                metrics.DB_POOL_IN_USE.labels(self.name).dec()
+                self._checkin(pool, conn)
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _checkin(pool: psycopg2.pool.ThreadedConnectionPool, conn) -> None:
+        broken = bool(conn.closed)
+        if not broken:
+            try:
+                conn.rollback()
+            except CONNECTION_ERRORS:
+                broken = True
+        pool.putconn(conn, close=broken)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.closeall()
+            self._pool = None
+
+
+class Database:
+    """Routes reads and writes between the primary and the (optional) replica pools."""
+
+    def __init__(self, primary: ConnectionPool, replica: ConnectionPool | None) -> None:
+        self.primary = primary
+        self.replica = replica
+
+    def read(
+        self, query: Callable[[psycopg2.extensions.connection], T], min_lsn: str | None = None
+    ) -> tuple[T, str]:
+        """Run a read-only query; returns its result and the name of the server that ran it."""
+        if self.replica is not None:
+            try:
+                with self.replica.connection() as conn:
+                    if min_lsn is None or _has_replayed(conn, min_lsn):
+                        return query(conn), "replica"
+                    metrics.DB_READ_ROUTED.labels("replica_behind").inc()
+            except (DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
+                metrics.DB_READ_ROUTED.labels("replica_down").inc()
+                log.warning("replica unavailable, reading from primary", extra={"error": str(exc)})
+        with self.primary.connection() as conn:
+            return query(conn), "primary"
+
+    def write(self, statement: Callable[[psycopg2.extensions.connection], T]) -> tuple[T, str]:
+        """Run a statement in one primary transaction; returns its result and the commit LSN."""
+        with self.primary.connection() as conn:
+            try:
+                result = statement(conn)
+                conn.commit()
+            except Exception:
+                conn.rollback()
+                raise
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_current_wal_lsn()::text")
+                (lsn,) = cur.fetchone()
+            return result, lsn
+
+    def close(self) -> None:
+        self.primary.close()
+        if self.replica is not None:
+            self.replica.close()
+
+
+def _has_replayed(conn, lsn: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)",
+            (lsn,),
+        )
+        (replayed,) = cur.fetchone()
+    return bool(replayed)
+
+
+def check(pool: ConnectionPool | None) -> dict:
+    """Readiness of one server: up or down, and for a standby its replay lag."""
+    if pool is None:
+        return {"status": "not_configured"}
+    try:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_is_in_recovery(),"
+                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float"
+            )
+            in_recovery, lag = cur.fetchone()
+    except (DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"status": "down", "error": first_line[:200]}
+    result: dict = {"status": "ok", "in_recovery": in_recovery}
+    if in_recovery:
+        # Grows while the primary is idle too: it is the age of the last replayed commit.
+        result["seconds_since_last_replay"] = lag
+    return result

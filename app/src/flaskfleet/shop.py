@@ -1,0 +1,229 @@
+"""SQL for the shop domain. Every function takes an open connection; callers pick the server.
+
+All values travel as query parameters, so quotes, semicolons and comment markers in user input
+are stored literally.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg2.errors
+from psycopg2 import sql
+from psycopg2.extras import RealDictCursor
+
+from flaskfleet.errors import APIError
+from flaskfleet.schemas import OrderIn, ProductIn
+
+# The columns the API shows, composed into queries with psycopg2.sql (never user input).
+PRODUCT_COLUMNS = sql.SQL("id, sku, name, description, price_cents, stock, created_at, updated_at")
+
+
+def _product(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def get_product(conn, product_id: int) -> dict[str, Any] | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            sql.SQL("SELECT {} FROM products WHERE id = %s").format(PRODUCT_COLUMNS), (product_id,)
+        )
+        row = cur.fetchone()
+    return _product(row) if row else None
+
+
+def list_products_page(conn, page: int, per_page: int) -> dict[str, Any]:
+    """Offset pagination (API v1)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT {}, count(*) OVER () AS total FROM products ORDER BY id LIMIT %s OFFSET %s"
+            ).format(PRODUCT_COLUMNS),
+            (per_page, (page - 1) * per_page),
+        )
+        rows = cur.fetchall()
+        if rows:
+            total = rows[0]["total"]
+        else:
+            cur.execute("SELECT count(*) AS total FROM products")
+            total = cur.fetchone()["total"]
+    items = [_product({k: v for k, v in row.items() if k != "total"}) for row in rows]
+    return {"items": items, "page": page, "per_page": per_page, "total": total}
+
+
+def list_products_after(conn, after_id: int, limit: int) -> dict[str, Any]:
+    """Keyset pagination (API v2): stable under concurrent inserts and deletes."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            sql.SQL("SELECT {} FROM products WHERE id > %s ORDER BY id LIMIT %s").format(
+                PRODUCT_COLUMNS
+            ),
+            (after_id, limit + 1),
+        )
+        rows = cur.fetchall()
+    items = [_product(row) for row in rows[:limit]]
+    next_after = items[-1]["id"] if len(rows) > limit else None
+    return {"items": items, "next_after": next_after}
+
+
+def _sku_taken(sku: str) -> APIError:
+    return APIError(
+        409, "sku_taken", f"a product with sku {sku!r} already exists", {"sku": "already taken"}
+    )
+
+
+def create_product(conn, product: ProductIn) -> dict[str, Any]:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        try:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO products (sku, name, description, price_cents, stock)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING {}"
+                ).format(PRODUCT_COLUMNS),
+                (
+                    product.sku,
+                    product.name,
+                    product.description,
+                    product.price_cents,
+                    product.stock,
+                ),
+            )
+        except psycopg2.errors.UniqueViolation:
+            raise _sku_taken(product.sku) from None
+        return _product(cur.fetchone())
+
+
+def replace_product(conn, product_id: int, product: ProductIn) -> dict[str, Any] | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        try:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE products SET sku = %s, name = %s, description = %s,"
+                    " price_cents = %s, stock = %s, updated_at = now()"
+                    " WHERE id = %s RETURNING {}"
+                ).format(PRODUCT_COLUMNS),
+                (
+                    product.sku,
+                    product.name,
+                    product.description,
+                    product.price_cents,
+                    product.stock,
+                    product_id,
+                ),
+            )
+        except psycopg2.errors.UniqueViolation:
+            raise _sku_taken(product.sku) from None
+        row = cur.fetchone()
+    return _product(row) if row else None
+
+
+def delete_product(conn, product_id: int) -> bool:
+    with conn.cursor() as cur:
+        try:
+            cur.execute("DELETE FROM products WHERE id = %s", (product_id,))
+        except psycopg2.errors.ForeignKeyViolation:
+            raise APIError(
+                409, "product_has_orders", "a product that appears in orders cannot be deleted"
+            ) from None
+        return cur.rowcount == 1
+
+
+def get_order(conn, order_id: int) -> dict[str, Any] | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT id, status, total_cents, created_at FROM orders WHERE id = %s", (order_id,)
+        )
+        order = cur.fetchone()
+        if order is None:
+            return None
+        cur.execute(
+            "SELECT product_id, quantity, unit_price_cents FROM order_items"
+            " WHERE order_id = %s ORDER BY product_id",
+            (order_id,),
+        )
+        items = cur.fetchall()
+    return {**order, "created_at": order["created_at"].isoformat(), "items": items}
+
+
+def place_order(conn, order: OrderIn, idempotency_key: str | None, request_hash: str):
+    """Reserve stock for every line and record the order, all in the caller's transaction.
+
+    Returns (status, body, replayed). With an idempotency key, the key row is inserted first:
+    a concurrent request with the same key waits on it, then sees the stored response.
+    """
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        if idempotency_key is not None:
+            cur.execute(
+                "INSERT INTO idempotency_keys (key, request_hash) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO NOTHING RETURNING key",
+                (idempotency_key, request_hash),
+            )
+            if cur.fetchone() is None:
+                cur.execute(
+                    "SELECT request_hash, response_status, response_body"
+                    " FROM idempotency_keys WHERE key = %s",
+                    (idempotency_key,),
+                )
+                stored = cur.fetchone()
+                if stored["request_hash"] != request_hash:
+                    raise APIError(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used with a different request body",
+                        {"Idempotency-Key": "already used with a different body"},
+                    )
+                return stored["response_status"], stored["response_body"], True
+
+        quantities: dict[int, int] = {}
+        for item in order.items:
+            quantities[item.product_id] = quantities.get(item.product_id, 0) + item.quantity
+
+        lines = []
+        # A fixed lock order (by product id) keeps concurrent multi-line orders deadlock-free.
+        for product_id in sorted(quantities):
+            quantity = quantities[product_id]
+            cur.execute(
+                "UPDATE products SET stock = stock - %s, updated_at = now()"
+                " WHERE id = %s AND stock >= %s RETURNING price_cents",
+                (quantity, product_id, quantity),
+            )
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
+                existing = cur.fetchone()
+                if existing is None:
+                    raise APIError(
+                        422,
+                        "unknown_product",
+                        f"product {product_id} does not exist",
+                        {"items": f"unknown product {product_id}"},
+                    )
+                raise APIError(
+                    409,
+                    "insufficient_stock",
+                    f"product {product_id} has {existing['stock']} in stock, {quantity} requested",
+                    {"items": f"insufficient stock for product {product_id}"},
+                )
+            lines.append((product_id, quantity, row["price_cents"]))
+
+        total = sum(quantity * price for _, quantity, price in lines)
+        cur.execute("INSERT INTO orders (total_cents) VALUES (%s) RETURNING id", (total,))
+        order_id = cur.fetchone()["id"]
+        cur.executemany(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)"
+            " VALUES (%s, %s, %s, %s)",
+            [(order_id, *line) for line in lines],
+        )
+        body = get_order(conn, order_id)
+        if idempotency_key is not None:
+            cur.execute(
+                "UPDATE idempotency_keys SET response_status = 201, response_body = %s"
+                " WHERE key = %s",
+                (json.dumps(body), idempotency_key),
+            )
+    return 201, body, False
