@@ -3,12 +3,17 @@
 # openssh-server, made by debootstrap and `docker import` (no registry can be
 # pulled from). Tagged with the recipe's content hash: a changed recipe
 # rebuilds, an unchanged one is reused. Prints the image reference.
+# Docker 20.10 cannot set STOPSIGNAL at import: whoever runs the image passes
+# --stop-signal SIGRTMIN+3 (molecule/_shared/create.yml does).
 . "$(dirname "$0")/lib.sh"
 
-recipe=("$FF_ROOT/images/base/packages.txt" "$FF_ROOT/images/base/configure.sh" "$0" "$FF_ROOT/versions.env")
-version=$(content_hash "${recipe[@]}")
+# The rootfs depends on the package list, the configure step and the suite;
+# the image tag also on how this script imports it.
+rootfs_version=$(content_hash "$FF_ROOT/images/base/packages.txt" "$FF_ROOT/images/base/configure.sh" \
+  <(grep '^BASE_' "$FF_ROOT/versions.env"))
+version=$(content_hash <(echo "$rootfs_version") "$0")
 image="$BASE_IMAGE_REPO:$version"
-rootfs_tar="$FF_CACHE/images/base-$version.tar"
+rootfs_tar="$FF_CACHE/images/base-rootfs-$rootfs_version.tar"
 
 if docker image inspect "$image" >/dev/null 2>&1; then
   docker tag "$image" "$BASE_IMAGE_REPO:current"
@@ -35,7 +40,6 @@ fi
 log "docker import $image"
 docker import \
   --change 'CMD ["/lib/systemd/systemd"]' \
-  --change 'STOPSIGNAL SIGRTMIN+3' \
   --change 'ENV container=docker' \
   --change "LABEL org.flaskfleet.recipe=$version" \
   "$rootfs_tar" "$image" >/dev/null
