@@ -10,9 +10,9 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-TEST_SUITES := lint app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
+TEST_SUITES := lint foundation app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
 
-.PHONY: help setup lock lint test test-lint test-app test-roles up down
+.PHONY: help setup lock lint test test-lint test-foundation test-app test-roles up down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-lint:
 	yamllint --strict .
 	ansible-lint --profile production
 	tofu fmt -check -recursive -diff terraform
+
+test-foundation: ## The base image boots systemd; providers resolve offline
+	python -m pytest tests/foundation -q
 
 test-app: ## The Flask service's tests against real PostgreSQL and Redis
 	python -m pytest app/tests -q

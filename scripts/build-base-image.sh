@@ -44,4 +44,7 @@ docker import \
   --change "LABEL org.flaskfleet.recipe=$version" \
   "$rootfs_tar" "$image" >/dev/null
 docker tag "$image" "$BASE_IMAGE_REPO:current"
+# Older recipes' images go; one still used by a container stays.
+docker images "$BASE_IMAGE_REPO" --format '{{.Tag}}' | grep -vxE "current|$version" |
+  sed "s|^|$BASE_IMAGE_REPO:|" | xargs -r docker rmi >/dev/null 2>&1 || true
 echo "$image"

