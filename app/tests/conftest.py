@@ -1,0 +1,314 @@
+"""Real servers for the tests: a PostgreSQL primary with a streaming replica, and Redis.
+
+All run from the Debian binaries on 127.0.0.1, on free ports, in temporary directories, and are
+stopped and removed at the end of the session. PostgreSQL refuses to run as root, so when the
+tests run as root its commands run as the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+from flaskfleet import create_app, migrations
+
+TOKEN = secrets.token_urlsafe(24)
+OTHER_TOKEN = secrets.token_urlsafe(24)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _pg_bin() -> Path:
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name)
+    )
+    if not candidates:
+        pytest.exit("PostgreSQL server binaries not found (install postgresql or set PG_BIN)")
+    return candidates[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class PostgresServer:
+    """One PostgreSQL instance (primary or replica) under pg_ctl."""
+
+    def __init__(self, bin_dir: Path, data_dir: Path, port: int, run_as: str | None) -> None:
+        self.bin_dir = bin_dir
+        self.data_dir = data_dir
+        self.port = port
+        self.run_as = run_as
+
+    def run(self, program: str, *args: str) -> subprocess.CompletedProcess:
+        command = [str(self.bin_dir / program), *args]
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+
+    def url(self, dbname: str = "flaskfleet") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        log = str(self.data_dir.parent / f"{self.data_dir.name}.log")
+        self.run("pg_ctl", "-D", str(self.data_dir), "-l", log, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+
+    def connect(self, dbname: str = "flaskfleet"):
+        conn = psycopg2.connect(self.url(dbname), connect_timeout=5)
+        conn.autocommit = True
+        return conn
+
+    def query(self, sql: str, params: tuple = (), dbname: str = "flaskfleet"):
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+
+@dataclass
+class Cluster:
+    primary: PostgresServer
+    replica: PostgresServer
+
+    def wait_replica_caught_up(self, timeout: float = 20.0) -> None:
+        ((target,),) = self.primary.query("SELECT pg_current_wal_lsn()::text")
+        wait_for(
+            lambda: self.replica.query(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)", (target,)
+            )[0][0],
+            timeout,
+            "the replica to replay up to the primary",
+        )
+
+    def restart_replica(self) -> None:
+        self.replica.start()
+        wait_for(
+            lambda: self.primary.query(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+            )[0][0],
+            what="the replica to stream again",
+        )
+        self.wait_replica_caught_up()
+
+
+class RedisServer:
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        wait_for(lambda: self._pings(client), what="redis to start")
+
+    @staticmethod
+    def _pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    bin_dir = _pg_bin()
+    run_as = "postgres" if os.geteuid() == 0 else None
+    base = Path(tempfile.mkdtemp(prefix="flaskfleet-pg-"))
+    if run_as:
+        user = pwd.getpwnam(run_as)
+        os.chown(base, user.pw_uid, user.pw_gid)
+    primary = PostgresServer(bin_dir, base / "primary", free_port(), run_as)
+    replica = PostgresServer(bin_dir, base / "replica", free_port(), run_as)
+    started: list[PostgresServer] = []
+    try:
+        primary.run(
+            "initdb", "-D", str(primary.data_dir), "-U", "postgres", "-A", "trust",
+            "-E", "UTF8", "--locale=C", "--no-sync",
+        )  # fmt: skip
+        # Test-only durability settings: fsync off makes the cluster start and write quickly.
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(primary.port),
+            "unix_socket_directories": f"'{base}'",
+            "fsync": "off",
+            "full_page_writes": "off",
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "hot_standby": "on",
+            "max_connections": "100",
+        }
+        with open(primary.data_dir / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        primary.start()
+        started.append(primary)
+        primary.query("CREATE DATABASE flaskfleet", dbname="postgres")
+        primary.run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        with open(replica.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {replica.port}\n")
+        replica.start()
+        started.append(replica)
+        result = Cluster(primary, replica)
+        wait_for(
+            lambda: primary.query(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+            )[0][0],
+            what="streaming replication",
+        )
+        migrations.upgrade(primary.url())
+        result.wait_replica_caught_up()
+        yield result
+    finally:
+        for server in reversed(started):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                server.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    directory = Path(tempfile.mkdtemp(prefix="flaskfleet-redis-"))
+    server = RedisServer(directory, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def app_env(cluster: Cluster, redis_server: RedisServer) -> dict[str, str]:
+    """Configuration for a fully wired app, as the environment would give it."""
+    return {
+        "FLASKFLEET_DATABASE_URL": cluster.primary.url(),
+        "FLASKFLEET_DATABASE_REPLICA_URL": cluster.replica.url(),
+        "FLASKFLEET_REDIS_URL": redis_server.url,
+        "FLASKFLEET_SECRET_KEY": "test-secret",
+        "FLASKFLEET_API_TOKENS": f"{TOKEN}, {OTHER_TOKEN}",
+        "FLASKFLEET_DB_POOL_MIN": "1",
+        "FLASKFLEET_DB_POOL_MAX": "8",
+        "FLASKFLEET_CACHE_TIMEOUT": "60",
+        "FLASKFLEET_RATELIMIT_DEFAULT": "1000 per second",
+        "FLASKFLEET_READ_YOUR_WRITES_SECONDS": "30",
+        "FLASKFLEET_RELEASE": "test-release",
+    }
+
+
+@pytest.fixture
+def clean_state(cluster: Cluster, redis_server: RedisServer) -> None:
+    """Empty tables and Redis, and let the replica see the empty tables before the test."""
+    cluster.primary.query(
+        "TRUNCATE order_items, orders, idempotency_keys, products RESTART IDENTITY CASCADE"
+    )
+    redis.Redis.from_url(redis_server.url).flushdb()
+    cluster.wait_replica_caught_up()
+
+
+@pytest.fixture
+def make_app(app_env, clean_state):
+    """Factory for apps with configuration overrides; their pools are closed afterwards."""
+    apps = []
+
+    def make(**overrides: str):
+        app = create_app({**app_env, **overrides})
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["flaskfleet"].db.close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A client that keeps cookies, like a browser: it is the writer in these tests."""
+    return app.test_client()
+
+
+@pytest.fixture
+def anonymous(app):
+    """A second client without the writer's cookies."""
+    return app.test_client()
+
+
+@pytest.fixture
+def product(client, cluster):
+    """Create a product and return it, with the replica caught up."""
+
+    def make(sku: str = "SKU-1", stock: int = 10, price_cents: int = 1250, **fields):
+        body = {"sku": sku, "name": f"Product {sku}", "price_cents": price_cents, "stock": stock}
+        response = client.post("/api/v1/products", json={**body, **fields}, headers=AUTH)
+        assert response.status_code == 201, response.json
+        cluster.wait_replica_caught_up()
+        return response.json
+
+    return make
