@@ -11,14 +11,10 @@ PG_BIGINT_MAX = 2**63 - 1
 
 
 def _storable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, and a lone surrogate (valid JSON escape, invalid
-    # Unicode) cannot be encoded as UTF-8: refuse both here rather than fail in the driver.
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the driver. (Lone
+    # surrogates never get this far: the JSON parser rejects them as invalid JSON.)
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
     return value
 
 

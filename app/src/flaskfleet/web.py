@@ -109,9 +109,17 @@ def query_int(name: str, default: int, minimum: int, maximum: int) -> int:
 
 
 def client_write_lsn() -> str | None:
-    """The WAL position of this client's last write, if it is recent enough to matter."""
-    value = request.cookies.get(WRITE_LSN_COOKIE, "")
-    return value if LSN_PATTERN.match(value) else None
+    """The WAL position of this client's last write, while it is within the window.
+
+    The cookie holds "<lsn>@<unix time of the write>": the server enforces the window itself
+    rather than trusting the client to drop the cookie. A forged value can only make this
+    client's own reads go to the primary.
+    """
+    lsn, _, written_at = request.cookies.get(WRITE_LSN_COOKIE, "").partition("@")
+    if not LSN_PATTERN.match(lsn) or not written_at.isdigit():
+        return None
+    window = current_app.extensions["flaskfleet"].settings.read_your_writes_seconds
+    return lsn if time.time() - int(written_at) < window else None
 
 
 def remember_write(response: Response, lsn: str) -> Response:
@@ -119,7 +127,12 @@ def remember_write(response: Response, lsn: str) -> Response:
     window = current_app.extensions["flaskfleet"].settings.read_your_writes_seconds
     if window:
         response.set_cookie(
-            WRITE_LSN_COOKIE, lsn, max_age=window, httponly=True, samesite="Lax", path="/"
+            WRITE_LSN_COOKIE,
+            f"{lsn}@{int(time.time())}",
+            max_age=window,
+            httponly=True,
+            samesite="Lax",
+            path="/",
         )
     return response
 
