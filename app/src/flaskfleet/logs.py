@@ -35,12 +35,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record, not at set-up time."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        """Ignored: the stream is always the current sys.stderr."""
+
+
 def configure() -> None:
     """Send flaskfleet's own loggers to stderr as JSON (once per process)."""
     logger = logging.getLogger("flaskfleet")
     if any(isinstance(handler.formatter, JsonFormatter) for handler in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
