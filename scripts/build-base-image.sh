@@ -6,6 +6,7 @@
 # Docker 20.10 cannot set STOPSIGNAL at import: whoever runs the image passes
 # --stop-signal SIGRTMIN+3 (molecule/_shared/create.yml does).
 . "$(dirname "$0")/lib.sh"
+hold_lock base-image
 
 # The rootfs depends on the package list, the configure step and the suite;
 # the image tag also on how this script imports it.

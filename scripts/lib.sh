@@ -28,3 +28,10 @@ apt_ensure() {
 
 # sha256 of files' contents: the content version of a recipe.
 content_hash() { cat "$@" | sha256sum | cut -c1-12; }
+
+# Serialise a setup step across concurrent runs (make up beside make test):
+# the second waits for the first and then finds its work done.
+hold_lock() {
+  exec 9>"$FF_CACHE/.$1.lock"
+  flock 9
+}

@@ -2,6 +2,7 @@
 # A Docker engine that answers: installed from Debian's packages and started in
 # the background when none runs (these machines have no systemd on the host).
 . "$(dirname "$0")/lib.sh"
+hold_lock docker-engine
 
 if docker info >/dev/null 2>&1; then
   exit 0

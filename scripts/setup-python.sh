@@ -2,6 +2,7 @@
 # Python virtual environments from the locks in requirements/: .venv for
 # everything, .venv-checkov for the Terraform scanner (its pins clash with pytest).
 . "$(dirname "$0")/lib.sh"
+hold_lock python-venvs
 
 sync_venv() {  # sync_venv DIR LOCKFILE
   local venv="$FF_ROOT/$1" lock="$FF_ROOT/$2" stamp want

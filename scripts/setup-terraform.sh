@@ -3,6 +3,7 @@
 # module, and providers in a filesystem mirror that terraform/cli.tfrc points
 # at. Everything lands in $FF_CACHE; $FF_ROOT/.tools/ holds symlinks to it.
 . "$(dirname "$0")/lib.sh"
+hold_lock terraform-toolchain
 
 tools="$FF_ROOT/.tools"
 mkdir -p "$tools" "$FF_CACHE/bin"
