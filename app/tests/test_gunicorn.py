@@ -1,0 +1,169 @@
+"""The real service under Gunicorn with the shipped gunicorn.conf.py: plain bind and systemd
+socket activation, readiness notification, HUP reload, multiprocess metrics, JSON access log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from conftest import free_port, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+APP_DIR = Path(__file__).resolve().parents[1]
+CONF = APP_DIR / "gunicorn.conf.py"
+START_TIMEOUT = 90
+
+
+def gunicorn_env(app_env: dict[str, str], **extra: str) -> dict[str, str]:
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("FLASKFLEET_", "GUNICORN_", "LISTEN_", "PROMETHEUS_", "NOTIFY_"))
+    }
+    pythonpath = os.pathsep.join(filter(None, [str(APP_DIR / "src"), os.environ.get("PYTHONPATH")]))
+    return {**inherited, **app_env, "PYTHONPATH": pythonpath, **extra}
+
+
+@contextmanager
+def running(
+    command: list[str], env: dict[str, str], log: Path, **popen
+) -> Iterator[subprocess.Popen]:
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=output, **popen)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def worker_pids(master: int) -> set[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def get_ready(base: str, process: subprocess.Popen) -> requests.Response:
+    def attempt():
+        assert process.poll() is None, "gunicorn exited"
+        try:
+            response = requests.get(f"{base}/readyz", timeout=10)
+        except (requests.ConnectionError, requests.Timeout):
+            return None
+        return response if response.status_code == 200 else None
+
+    return wait_for(attempt, START_TIMEOUT, "gunicorn to answer /readyz")
+
+
+def counter(base: str, name: str, **labels: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_gunicorn_bind_ready_notify_metrics_and_hup(app_env, clean_state, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(START_TIMEOUT)
+    env = gunicorn_env(
+        app_env,
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS="2",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        NOTIFY_SOCKET=str(notify_path),
+    )
+    log = tmp_path / "gunicorn.log"
+    command = [sys.executable, "-m", "gunicorn", "-c", str(CONF)]
+    with running(command, env, log, cwd=tmp_path) as process:
+        # Type=notify: the arbiter itself tells systemd it is ready.
+        assert notify.recv(4096).decode().startswith("READY=1")
+        response = get_ready(base, process)
+        body = response.json()
+        assert body["status"] == "ready"
+        assert {name: check["status"] for name, check in body["checks"].items()} == {
+            "primary": "ok",
+            "replica": "ok",
+            "redis": "ok",
+        }
+        assert response.headers["X-App-Version"] == "test-release"
+        workers = wait_for(lambda: len(worker_pids(process.pid)) == 2 and worker_pids(process.pid))
+
+        # Several workers, one sum: every request is counted whichever worker served it.
+        for _ in range(12):
+            assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        assert counter(base, "flaskfleet_http_requests_total", route="/healthz") == 12
+
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: len(worker_pids(process.pid)) == 2 and not worker_pids(process.pid) & workers,
+            START_TIMEOUT,
+            "HUP to replace both workers",
+        )
+        reloaded = get_ready(base, process)
+        assert reloaded.json()["status"] == "ready"
+        assert counter(base, "flaskfleet_http_requests_total", route="/healthz") == 12
+        served_by = requests.get(
+            f"{base}/healthz", headers={"X-Request-ID": "after-hup"}, timeout=5
+        )
+        assert served_by.headers["X-Request-ID"] == "after-hup"
+
+    access = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and '"message": "request"' in line
+    ]
+    assert any(entry["request_id"] == "after-hup" and entry["status"] == 200 for entry in access)
+    assert all(entry["method"] == "GET" and "duration_ms" in entry for entry in access)
+    notify.close()
+
+
+def test_gunicorn_adopts_systemd_socket_and_keeps_it_over_hup(app_env, clean_state, tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    unused_port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # What systemd does: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID set to Gunicorn's pid
+    # (exec keeps the pid).
+    activate = (
+        "import os, sys\n"
+        f"os.dup2({listener.fileno()}, 3)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+    )
+    command = [sys.executable, "-c", activate, "-m", "gunicorn", "-c", str(CONF)]
+    # A bind in the environment must not be forced on top of the activated socket.
+    env = gunicorn_env(app_env, GUNICORN_WORKERS="2", GUNICORN_BIND=f"127.0.0.1:{unused_port}")
+    log = tmp_path / "gunicorn.log"
+    with running(command, env, log, cwd=tmp_path, pass_fds=[listener.fileno()]) as process:
+        listener.close()
+        assert get_ready(base, process).json()["status"] == "ready"
+        workers = wait_for(lambda: len(worker_pids(process.pid)) == 2 and worker_pids(process.pid))
+        process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: len(worker_pids(process.pid)) == 2 and not worker_pids(process.pid) & workers,
+            START_TIMEOUT,
+            "HUP to replace both workers",
+        )
+        assert get_ready(base, process).json()["status"] == "ready"
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", unused_port)) != 0
