@@ -1,7 +1,6 @@
-"""Configuration comes from FLASKFLEET_* variables; bad values stop start-up with a clear message."""
+"""Configuration from FLASKFLEET_* variables; bad values stop start-up with a clear message."""
 
 import pytest
-
 from flaskfleet import create_app
 from flaskfleet.config import ConfigError, Settings
 

@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from flaskfleet import migrations
 
 SRC = Path(__file__).resolve().parents[1] / "src"
