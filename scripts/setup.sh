@@ -9,4 +9,5 @@ bash "$scripts/setup-python.sh"
 bash "$scripts/setup-docker.sh"
 bash "$scripts/build-base-image.sh" >/dev/null
 bash "$scripts/setup-terraform.sh"
+bash "$scripts/setup-lxd.sh"
 log "setup complete in $((SECONDS - start)) s"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# LXD for terraform/environments/local: the daemon from Debian's packages,
+# started in the background when none answers (no systemd on these hosts), a
+# `dir` storage pool and lxdbr0 once, and the base image imported as an LXD
+# image aliased like its Docker tag (flaskfleet/base:<version>) and
+# flaskfleet-base. Idempotent; a second run only asks LXD questions.
+. "$(dirname "$0")/lib.sh"
+hold_lock lxd
+
+# lxdbr0 only serves `lxc launch` by hand: every stack brings its own bridge.
+# LXD cannot pick a free subnet on these machines, so it is stated.
+LXD_BRIDGE_ADDRESS=${LXD_BRIDGE_ADDRESS:-10.118.0.1/24}
+LXD_LOG=/var/log/flaskfleet-lxd.log
+
+# dnsmasq-base is only recommended by lxd, but managed bridges need it for DHCP.
+apt_ensure lxd lxd-client dnsmasq-base
+
+if ! timeout 10 lxc query /1.0 >/dev/null 2>&1; then
+  log "starting lxd (log: $LXD_LOG)"
+  nohup lxd --group lxd --logfile="$LXD_LOG" >>"$LXD_LOG.out" 2>&1 &
+  timeout 60 lxd waitready || { tail -n 30 "$LXD_LOG" >&2; die "lxd did not answer within 60 s"; }
+fi
+
+lxc storage show default >/dev/null 2>&1 || lxc storage create default dir >/dev/null
+lxc network show lxdbr0 >/dev/null 2>&1 ||
+  lxc network create lxdbr0 ipv4.address="$LXD_BRIDGE_ADDRESS" ipv4.nat=true ipv6.address=none >/dev/null
+profile=$(lxc profile device list default)
+grep -qx root <<<"$profile" || lxc profile device add default root disk path=/ pool=default >/dev/null
+grep -qx eth0 <<<"$profile" || lxc profile device add default eth0 nic network=lxdbr0 name=eth0 >/dev/null
+
+# The base image: its Docker image (scripts/build-base-image.sh, which builds
+# it when missing) holds the rootfs as its only layer; LXD takes that layer as
+# the rootfs of a split image next to a metadata tarball.
+image=$(bash "$FF_ROOT/scripts/build-base-image.sh")
+version=${image##*:}
+alias_exists() { lxc query "/1.0/images/aliases/$1" >/dev/null 2>&1; }
+if ! alias_exists "$image"; then
+  log "importing $image into LXD"
+  work=$(mktemp -d "$FF_CACHE/images/lxd.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  docker save "$image" -o "$work/image.tar"
+  python3 - "$work/image.tar" "$work/rootfs.tar" <<'PY'
+import json, shutil, sys, tarfile
+saved, rootfs = sys.argv[1:]
+with tarfile.open(saved) as tf:
+    (manifest,) = json.load(tf.extractfile("manifest.json"))
+    if len(manifest["Layers"]) != 1:
+        sys.exit(f"expected an imported image with one layer, got {len(manifest['Layers'])}")
+    with tf.extractfile(manifest["Layers"][0]) as src, open(rootfs, "wb") as out:
+        shutil.copyfileobj(src, out)
+PY
+  rm "$work/image.tar"
+  cat >"$work/metadata.yaml" <<EOF
+architecture: x86_64
+creation_date: $(date +%s)
+properties:
+  description: flaskfleet base $version (Debian $BASE_SUITE, systemd)
+  os: debian
+  release: $BASE_SUITE
+EOF
+  tar -C "$work" -cf "$work/metadata.tar" metadata.yaml
+  lxc image import "$work/metadata.tar" "$work/rootfs.tar" --alias "$image" >/dev/null
+fi
+fingerprint=$(lxc query "/1.0/images/aliases/$image" | python3 -c 'import json,sys; print(json.load(sys.stdin)["target"])')
+
+# flaskfleet-base follows the current recipe; images of older recipes go
+# (instances keep their own copy of the rootfs).
+if [ "$(lxc query /1.0/images/aliases/flaskfleet-base 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target"])' 2>/dev/null)" != "$fingerprint" ]; then
+  lxc image alias delete flaskfleet-base >/dev/null 2>&1 || true
+  lxc image alias create flaskfleet-base "$fingerprint"
+fi
+lxc query /1.0/images?recursion=1 | python3 -c '
+import json, sys
+keep, prefix = sys.argv[1], sys.argv[2]
+for image in json.load(sys.stdin):
+    names = [a["name"] for a in image["aliases"]]
+    if image["fingerprint"] != keep and any(n.startswith(prefix) for n in names):
+        print(image["fingerprint"])
+' "$fingerprint" "$BASE_IMAGE_REPO:" | xargs -r -n 1 lxc image delete
+log "lxd $(lxd --version): image $image ($fingerprint)"
