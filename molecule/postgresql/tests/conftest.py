@@ -1,0 +1,62 @@
+"""Fixtures for the postgresql scenario: the primary and the replica as testinfra hosts."""
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+SCENARIO_DIR = Path(__file__).resolve().parent.parent
+SERVICE = "postgresql@15-main"
+LOG = "/var/log/postgresql/postgresql-15-main.log"
+
+
+def _host(name):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="session")
+def primary():
+    return _host("postgresql-primary")
+
+
+@pytest.fixture(scope="session")
+def replica():
+    return _host("postgresql-replica")
+
+
+def diagnostics(host):
+    """The service's journal and PostgreSQL's log, for assertion messages."""
+    journal = host.run(f"journalctl -u {SERVICE} --no-pager -n 40").stdout
+    log = host.run(f"tail -n 40 {LOG}").stdout
+    return f"\n--- journalctl -u {SERVICE}:\n{journal}\n--- {LOG}:\n{log}"
+
+
+def psql(host, sql, database="postgres"):
+    """Run one SQL statement as the postgres superuser; returns testinfra's CommandResult."""
+    return host.run(
+        f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {database} -c {shlex.quote(sql)}"
+    )
+
+
+def eventually(check, timeout=30.0, interval=1.0):
+    """Call check() until it returns something truthy or timeout seconds pass; return the last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def run_converge(*extra_vars):
+    """Run the scenario's converge playbook with extra -e arguments; returns (exit code, output)."""
+    args = ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "converge.yml")]
+    for extra in extra_vars:
+        args += ["-e", extra]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    return result.returncode, result.stdout + result.stderr
