@@ -34,7 +34,6 @@ class Services:
     settings: Settings
     db: Database
     cache: ProductCache
-    limiter: Limiter
     redis: redis.Redis | None
 
 
@@ -93,7 +92,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings,
         db=database,
         cache=ProductCache(app, redis_url, settings.cache_timeout),
-        limiter=limiter,
         redis=redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None,
     )
 
