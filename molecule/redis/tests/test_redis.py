@@ -107,13 +107,13 @@ def run_role_with(extra_vars):
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
-            "localhost,",
-            "--check",
+            "validation-only,",
             str(SCENARIO_DIR / "bad_vars.yml"),
             "-e",
             json.dumps(extra_vars),
         ],
         cwd=PROJECT_DIR,
+        env={**os.environ, "ANSIBLE_INVENTORY_ENABLED": "host_list"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -133,7 +133,7 @@ GOOD_PASSWORD = {"redis_password": "a-good-password-1234"}
         ({**GOOD_PASSWORD, "redis_port": 0}, "redis_port in 1..65535"),
         ({**GOOD_PASSWORD, "redis_maxmemory": "lots"}, "redis_maxmemory like 256mb"),
         ({**GOOD_PASSWORD, "redis_persistence": "sometimes"}, "redis_persistence"),
-        ({**GOOD_PASSWORD, "redis_bind_addresses": "10.0.0.5"}, "redis_bind_addresses"),
+        ({**GOOD_PASSWORD, "redis_bind_addresses": []}, "at least one address"),
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
