@@ -5,6 +5,9 @@
 start=$SECONDS
 scripts="$FF_ROOT/scripts"
 
+# PostgreSQL and Redis binaries for the app's tests, which start their own
+# servers on 127.0.0.1 (the packages' own services are not used).
+apt_ensure postgresql-15 redis-server
 bash "$scripts/setup-python.sh"
 bash "$scripts/setup-docker.sh"
 bash "$scripts/build-base-image.sh" >/dev/null
