@@ -10,9 +10,10 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-TEST_SUITES := lint foundation app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
+TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
 
-.PHONY: help setup lock lint test test-lint test-foundation test-app test-roles up down
+.PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles up down \
+	tf-apply-local tf-destroy-local
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +40,9 @@ test-lint:
 test-foundation: ## The base image boots systemd; providers resolve offline
 	python -m pytest tests/foundation -q
 
+test-terraform: ## OpenTofu: fmt, validate, checkov; apply/destroy local (LXD) and aws (moto)
+	python -m pytest tests/terraform -q
+
 test-app: ## The Flask service's tests against real PostgreSQL and Redis
 	python -m pytest app/tests -q
 
@@ -52,3 +56,20 @@ up: setup ## Bring the whole stack up locally and print its URL
 
 down: ## Remove everything make up made
 	@echo "make down: nothing to remove until make up exists (issue 6)." >&2
+
+# The local stack's VMs (LXD) from terraform/environments/local; extra
+# variables pass through, e.g. make tf-apply-local TF_ARGS='-var app_count=3'.
+TF_LOCAL := tofu -chdir=terraform/environments/local
+TF_ARGS  ?=
+
+tf-apply-local: setup ## Create the local VMs (LXD) and write inventories/local/hosts.json
+	@$(TF_LOCAL) init -input=false >/dev/null
+	$(TF_LOCAL) apply -input=false -auto-approve $(TF_ARGS)
+	@$(TF_LOCAL) output -json ansible_inventory >inventories/local/hosts.json.partial
+	@mv inventories/local/hosts.json.partial inventories/local/hosts.json
+	@ansible-inventory -i inventories/local --graph
+
+tf-destroy-local: ## Remove the local VMs, their network and inventories/local/hosts.json
+	@$(TF_LOCAL) init -input=false >/dev/null
+	$(TF_LOCAL) destroy -input=false -auto-approve $(TF_ARGS)
+	@rm -f inventories/local/hosts.json

@@ -1,0 +1,122 @@
+variable "name" {
+  description = "Environment name: prefixes every resource's name and tags them, so two stacks can share an account."
+  type        = string
+  default     = "flaskfleet"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,18}[a-z0-9]$", var.name))
+    error_message = "The environment name must be 2-20 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'."
+  }
+}
+
+variable "region" {
+  description = "AWS region of the stack."
+  type        = string
+  default     = "eu-central-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "The region looks like eu-central-1."
+  }
+}
+
+variable "availability_zones" {
+  description = "The availability zones the subnets spread over; empty means the region's zones a and b."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.availability_zones) == 0 || (length(var.availability_zones) >= 2 && length(distinct(var.availability_zones)) == length(var.availability_zones))
+    error_message = "Give no availability zone (the region's zones a and b are taken) or at least two distinct ones."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "IPv4 block of the VPC (/16 to /24)."
+  type        = string
+  default     = "10.20.0.0/16"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 1)) && can(regex("^[0-9.]+/([0-9]+)$", var.vpc_cidr)) && try(tonumber(split("/", var.vpc_cidr)[1]) >= 16 && tonumber(split("/", var.vpc_cidr)[1]) <= 24, false)
+    error_message = "The VPC CIDR must be an IPv4 block between /16 and /24, e.g. 10.20.0.0/16."
+  }
+}
+
+variable "admin_cidrs" {
+  description = "Address blocks allowed to SSH to the load balancer (the bastion), e.g. [\"203.0.113.0/24\"]."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.admin_cidrs) > 0 && alltrue([for cidr in var.admin_cidrs : can(cidrnetmask(cidr))])
+    error_message = "Give at least one IPv4 CIDR for SSH, e.g. 203.0.113.0/24."
+  }
+
+  validation {
+    condition     = !contains(var.admin_cidrs, "0.0.0.0/0")
+    error_message = "SSH must not be open to the whole internet: narrow the admin CIDR."
+  }
+}
+
+variable "ssh_public_key" {
+  description = "OpenSSH public key admitted for the admin user on every host."
+  type        = string
+
+  validation {
+    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", trimspace(var.ssh_public_key)))
+    error_message = "The SSH public key must be one line in OpenSSH format, e.g. ssh-ed25519 AAAA... admin@example."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI for every host; null looks up the newest official Debian 12 amd64 AMI."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]+$", var.ami_id))
+    error_message = "The AMI ID looks like ami-0123456789abcdef0."
+  }
+}
+
+variable "app_count" {
+  description = "Number of application servers (spread over the availability zones)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.app_count >= 1 && var.app_count <= 50 && floor(var.app_count) == var.app_count
+    error_message = "The app count must be a whole number from 1 to 50."
+  }
+}
+
+variable "app_port" {
+  description = "Port the application servers listen on for the load balancer."
+  type        = number
+  default     = 8000
+
+  validation {
+    condition     = var.app_port >= 1024 && var.app_port <= 65535 && floor(var.app_port) == var.app_port
+    error_message = "The app port must be a whole number from 1024 to 65535."
+  }
+}
+
+variable "instance_types" {
+  description = "EC2 instance type per tier: lb, app, redis, postgres."
+  type = object({
+    lb       = string
+    app      = string
+    redis    = string
+    postgres = string
+  })
+  default = {
+    lb       = "t3.micro"
+    app      = "t3.small"
+    redis    = "t3.small"
+    postgres = "t3.medium"
+  }
+
+  validation {
+    condition     = alltrue([for type in values(var.instance_types) : can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", type))])
+    error_message = "Instance types look like t3.small."
+  }
+}

@@ -1,0 +1,95 @@
+# The stack as LXD system containers on a bridge of its own. Addresses are
+# fixed per tier (static DHCP leases), so the inventory is stable across
+# restarts: lb .10, redis .20, pg-primary .30, pg-replica .31, app .101 on.
+locals {
+  app_instances = {
+    for index in range(var.app_count) : "${var.name}-app-${index + 1}" => cidrhost(var.network_cidr, 101 + index)
+  }
+}
+
+module "network" {
+  source = "../../modules/lxd-network"
+
+  name = "${var.name}-br"
+  cidr = var.network_cidr
+}
+
+module "profile" {
+  source = "../../modules/lxd-profile"
+
+  name         = "${var.name}-vm"
+  storage_pool = var.storage_pool
+}
+
+module "lb" {
+  source = "../../modules/lxd-instances"
+
+  instances = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
+  image     = var.image
+  network   = module.network.name
+  profile   = module.profile.name
+  proxy_devices = [{
+    name    = "http"
+    listen  = "tcp:127.0.0.1:${var.lb_http_port}"
+    connect = "tcp:127.0.0.1:80"
+  }]
+}
+
+module "app" {
+  source = "../../modules/lxd-instances"
+
+  instances = local.app_instances
+  image     = var.image
+  network   = module.network.name
+  profile   = module.profile.name
+}
+
+module "redis" {
+  source = "../../modules/lxd-instances"
+
+  instances = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
+  image     = var.image
+  network   = module.network.name
+  profile   = module.profile.name
+}
+
+module "pg_primary" {
+  source = "../../modules/lxd-instances"
+
+  instances = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
+  image     = var.image
+  network   = module.network.name
+  profile   = module.profile.name
+}
+
+module "pg_replica" {
+  source = "../../modules/lxd-instances"
+
+  instances = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
+  image     = var.image
+  network   = module.network.name
+  profile   = module.profile.name
+}
+
+# Ansible reaches an instance through LXD (community.general.lxd), so
+# ansible_host is the instance name; see group_vars/all/connection.yml.
+module "inventory" {
+  source = "../../modules/inventory"
+
+  groups = {
+    for group, hosts in {
+      lb               = module.lb.hosts
+      app              = module.app.hosts
+      redis            = module.redis.hosts
+      postgres_primary = module.pg_primary.hosts
+      postgres_replica = module.pg_replica.hosts
+      } : group => [
+      for host in hosts : { name = host.name, ansible_host = host.name, private_ip = host.private_ip }
+    ]
+  }
+
+  vars = {
+    flaskfleet_environment = var.name
+    flaskfleet_lb_url      = "http://127.0.0.1:${var.lb_http_port}"
+  }
+}

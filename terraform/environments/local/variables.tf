@@ -1,0 +1,65 @@
+variable "name" {
+  description = "Environment name: prefixes every instance and names the bridge (<name>-br), so two stacks can run side by side."
+  type        = string
+  default     = "ff"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,10}[a-z0-9]$", var.name))
+    error_message = "The environment name must be 2-12 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'."
+  }
+}
+
+variable "network_cidr" {
+  description = "IPv4 subnet of the stack's own bridge (/16 to /24); must not overlap lxdbr0, Docker's networks or another stack's."
+  type        = string
+  default     = "10.118.10.0/24"
+
+  validation {
+    condition     = can(cidrhost(var.network_cidr, 1)) && can(regex("^[0-9.]+/([0-9]+)$", var.network_cidr)) && try(tonumber(split("/", var.network_cidr)[1]) >= 16 && tonumber(split("/", var.network_cidr)[1]) <= 24, false)
+    error_message = "The network CIDR must be an IPv4 subnet between /16 and /24, e.g. 10.118.10.0/24."
+  }
+}
+
+variable "app_count" {
+  description = "Number of application servers."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.app_count >= 1 && var.app_count <= 50 && floor(var.app_count) == var.app_count
+    error_message = "The app count must be a whole number from 1 to 50."
+  }
+}
+
+variable "lb_http_port" {
+  description = "Port on the host's 127.0.0.1 that forwards to the load balancer's HTTP port 80."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.lb_http_port >= 1024 && var.lb_http_port <= 65535 && floor(var.lb_http_port) == var.lb_http_port
+    error_message = "The load balancer's host port must be a whole number from 1024 to 65535."
+  }
+}
+
+variable "image" {
+  description = "LXD image the instances start from; scripts/setup-lxd.sh imports the base image under the alias flaskfleet-base."
+  type        = string
+  default     = "flaskfleet-base"
+
+  validation {
+    condition     = length(trimspace(var.image)) > 0
+    error_message = "The image must not be empty."
+  }
+}
+
+variable "storage_pool" {
+  description = "LXD storage pool of the instances' root disks."
+  type        = string
+  default     = "default"
+
+  validation {
+    condition     = length(trimspace(var.storage_pool)) > 0
+    error_message = "The storage pool must not be empty."
+  }
+}

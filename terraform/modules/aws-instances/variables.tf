@@ -1,0 +1,89 @@
+variable "name" {
+  description = "Name prefix of the instances: <name>-1, <name>-2, ... (or just <name> for a single instance)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,50}[a-z0-9]$", var.name))
+    error_message = "The name must be 2-52 characters of a-z, 0-9 and '-', starting with a letter."
+  }
+}
+
+variable "instance_count" {
+  description = "How many instances of this tier."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.instance_count >= 1 && var.instance_count <= 50 && floor(var.instance_count) == var.instance_count
+    error_message = "The instance count must be a whole number from 1 to 50."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI the instances boot."
+  type        = string
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]+$", var.ami_id))
+    error_message = "The AMI ID looks like ami-0123456789abcdef0."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "The instance type looks like t3.small."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Subnets the instances are spread over, round robin."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "Give at least one subnet."
+  }
+}
+
+variable "security_group_ids" {
+  description = "Security groups of every instance."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.security_group_ids) > 0
+    error_message = "Give at least one security group."
+  }
+}
+
+variable "key_name" {
+  description = "EC2 key pair that admits the admin user."
+  type        = string
+}
+
+variable "public" {
+  description = "Whether each instance gets an Elastic IP (it must sit in a public subnet)."
+  type        = bool
+  default     = false
+}
+
+variable "root_volume_size" {
+  description = "Size of the encrypted root volume in GiB."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.root_volume_size >= 8 && var.root_volume_size <= 16384
+    error_message = "The root volume must be 8 to 16384 GiB (the Debian AMI needs 8)."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

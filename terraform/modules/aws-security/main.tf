@@ -1,0 +1,97 @@
+# One security group per tier, and only the flows the design needs:
+#   internet -> lb 80/443, admin -> lb 22 (the lb is the bastion),
+#   lb -> app 8000, app -> redis 6379, app -> postgres 5432 (primary and
+#   replica), replica -> primary 5432, lb -> every private host 22.
+# Every host may leave on 80/443 for package mirrors (through the NAT gateway
+# from the private subnets). The VPC resolver and time service are reachable
+# without a rule.
+locals {
+  tiers = toset(["lb", "app", "redis", "postgres_primary", "postgres_replica"])
+
+  flows = concat(
+    [
+      { from = "lb", to = "app", port = var.app_port, what = "HTTP to the application servers" },
+      { from = "app", to = "redis", port = 6379, what = "Redis" },
+      { from = "app", to = "postgres_primary", port = 5432, what = "PostgreSQL writes" },
+      { from = "app", to = "postgres_replica", port = 5432, what = "PostgreSQL reads" },
+      { from = "postgres_replica", to = "postgres_primary", port = 5432, what = "PostgreSQL streaming replication" },
+    ],
+    [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
+  )
+  flow_map = { for flow in local.flows : "${flow.from}-to-${flow.to}-${flow.port}" => flow }
+
+  public_ports = { http = 80, https = 443 }
+  egress_ports = { http = 80, https = 443 }
+  egress_rules = { for pair in setproduct(sort(tolist(local.tiers)), keys(local.egress_ports)) : "${pair[0]}-${pair[1]}" => { tier = pair[0], port = local.egress_ports[pair[1]] } }
+}
+
+resource "aws_security_group" "tier" {
+  # checkov:skip=CKV2_AWS_5:the groups are attached to the instances by the environment (modules/aws-instances), which checkov's graph does not follow through module outputs
+  for_each = local.tiers
+
+  name        = "${var.name}-${replace(each.key, "_", "-")}"
+  description = "flaskfleet ${var.name} ${each.key} tier"
+  vpc_id      = var.vpc_id
+
+  tags = merge(var.tags, { Name = "${var.name}-${replace(each.key, "_", "-")}", Tier = each.key })
+}
+
+resource "aws_security_group_rule" "flow_in" {
+  for_each = local.flow_map
+
+  type                     = "ingress"
+  description              = "${each.value.what} from ${each.value.from}"
+  security_group_id        = aws_security_group.tier[each.value.to].id
+  source_security_group_id = aws_security_group.tier[each.value.from].id
+  protocol                 = "tcp"
+  from_port                = each.value.port
+  to_port                  = each.value.port
+}
+
+resource "aws_security_group_rule" "flow_out" {
+  for_each = local.flow_map
+
+  type                     = "egress"
+  description              = "${each.value.what} to ${each.value.to}"
+  security_group_id        = aws_security_group.tier[each.value.from].id
+  source_security_group_id = aws_security_group.tier[each.value.to].id
+  protocol                 = "tcp"
+  from_port                = each.value.port
+  to_port                  = each.value.port
+}
+
+resource "aws_security_group_rule" "public_in" {
+  # checkov:skip=CKV_AWS_260:the load balancer is the stack's public entry point; HTTP is served to redirect to HTTPS
+  for_each = local.public_ports
+
+  type              = "ingress"
+  description       = "${upper(each.key)} from the internet to the load balancer"
+  security_group_id = aws_security_group.tier["lb"].id
+  cidr_blocks       = var.public_ingress_cidrs
+  protocol          = "tcp"
+  from_port         = each.value
+  to_port           = each.value
+}
+
+resource "aws_security_group_rule" "admin_ssh_in" {
+  # checkov:skip=CKV_AWS_24:admin_cidrs has no default and its validation rejects 0.0.0.0/0
+  type              = "ingress"
+  description       = "SSH from the admin network to the bastion"
+  security_group_id = aws_security_group.tier["lb"].id
+  cidr_blocks       = var.admin_cidrs
+  protocol          = "tcp"
+  from_port         = 22
+  to_port           = 22
+}
+
+resource "aws_security_group_rule" "packages_out" {
+  for_each = local.egress_rules
+
+  type              = "egress"
+  description       = "Package mirrors over port ${each.value.port}"
+  security_group_id = aws_security_group.tier[each.value.tier].id
+  cidr_blocks       = ["0.0.0.0/0"]
+  protocol          = "tcp"
+  from_port         = each.value.port
+  to_port           = each.value.port
+}

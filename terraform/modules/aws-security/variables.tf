@@ -1,0 +1,62 @@
+variable "name" {
+  description = "Name prefix of the security groups."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,30}$", var.name))
+    error_message = "The name must be 1-31 characters of a-z, 0-9 and '-', starting with a letter."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC the security groups belong to."
+  type        = string
+
+  validation {
+    condition     = length(trimspace(var.vpc_id)) > 0
+    error_message = "The VPC ID must not be empty."
+  }
+}
+
+variable "public_ingress_cidrs" {
+  description = "Who may reach the load balancer on 80 and 443 (the internet by default)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = length(var.public_ingress_cidrs) > 0 && alltrue([for cidr in var.public_ingress_cidrs : can(cidrnetmask(cidr))])
+    error_message = "Give at least one IPv4 CIDR, e.g. 0.0.0.0/0."
+  }
+}
+
+variable "admin_cidrs" {
+  description = "Who may SSH to the load balancer, the stack's bastion (e.g. the office's or VPN's address block)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.admin_cidrs) > 0 && alltrue([for cidr in var.admin_cidrs : can(cidrnetmask(cidr))])
+    error_message = "Give at least one IPv4 CIDR for SSH, e.g. 203.0.113.0/24."
+  }
+
+  validation {
+    condition     = !contains(var.admin_cidrs, "0.0.0.0/0")
+    error_message = "SSH must not be open to the whole internet: narrow the admin CIDR."
+  }
+}
+
+variable "app_port" {
+  description = "Port the application servers listen on for the load balancer."
+  type        = number
+  default     = 8000
+
+  validation {
+    condition     = var.app_port >= 1 && var.app_port <= 65535 && floor(var.app_port) == var.app_port
+    error_message = "The app port must be a whole number from 1 to 65535."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every security group."
+  type        = map(string)
+  default     = {}
+}

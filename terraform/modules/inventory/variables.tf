@@ -1,0 +1,29 @@
+variable "groups" {
+  description = "Hosts per inventory group: every one of lb, app, redis, postgres_primary and postgres_replica, each a list of hosts with the name Ansible knows them by, the address Ansible connects to and the private address services bind to."
+  type = map(list(object({
+    name         = string
+    ansible_host = string
+    private_ip   = string
+  })))
+
+  validation {
+    condition     = join(",", sort(keys(var.groups))) == "app,lb,postgres_primary,postgres_replica,redis"
+    error_message = "The groups must be exactly lb, app, redis, postgres_primary and postgres_replica."
+  }
+
+  validation {
+    condition     = alltrue([for hosts in values(var.groups) : length(hosts) > 0])
+    error_message = "Every group needs at least one host."
+  }
+
+  validation {
+    condition     = alltrue([for hosts in values(var.groups) : alltrue([for host in hosts : can(cidrhost("${host.private_ip}/32", 0))])])
+    error_message = "Every host's private_ip must be an IPv4 address."
+  }
+}
+
+variable "vars" {
+  description = "Variables for the whole inventory (group all) that only Terraform knows, such as the environment name or a bastion address. Connection settings that do not depend on Terraform live in inventories/<env>/group_vars/."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,34 @@
+# One tier of the stack as LXD system containers booting systemd from the base
+# image, each with the stack's profile (modules/lxd-profile) and a fixed
+# address on the stack's network.
+resource "lxd_container" "this" {
+  for_each = var.instances
+
+  name     = each.key
+  image    = var.image
+  profiles = [var.profile]
+  limits   = var.limits
+
+  device {
+    name = "eth0"
+    type = "nic"
+    properties = {
+      name           = "eth0"
+      network        = var.network
+      "ipv4.address" = each.value
+    }
+  }
+
+  dynamic "device" {
+    for_each = var.proxy_devices
+    content {
+      name = device.value.name
+      type = "proxy"
+      properties = {
+        listen  = device.value.listen
+        connect = device.value.connect
+        bind    = "host"
+      }
+    }
+  }
+}

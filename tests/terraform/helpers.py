@@ -1,0 +1,90 @@
+"""Helpers for the Terraform tests: a `tofu` runner configured as `make` runs it,
+and inventory directories built the way `make tf-apply-<env>` builds them."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOFU = ROOT / ".tools" / "tofu"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def run(cmd, *, timeout=600, **kwargs):
+    """Run a command from the repository root, capturing its output."""
+    kwargs.setdefault("cwd", ROOT)
+    return subprocess.run(
+        [str(part) for part in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def one_line(text):
+    """Diagnostics are wrapped to the terminal's width: compare them unwrapped."""
+    return " ".join(text.replace("│", " ").split())
+
+
+class Tofu:
+    """`tofu -chdir=<env dir>` from the repository root, as the Makefile runs it."""
+
+    def __init__(self, env_dir, plugin_cache):
+        self.env_dir = env_dir
+        self.initialized = False
+        self.env = {
+            **os.environ,
+            "TF_CLI_CONFIG_FILE": str(ROOT / "terraform" / "cli.tfrc"),
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "TF_PLUGIN_CACHE_DIR": str(plugin_cache),
+            "NO_COLOR": "1",
+        }
+
+    def __call__(self, *args, timeout=600, check=True):
+        result = run(
+            [TOFU, f"-chdir={self.env_dir}", *args, "-no-color"]
+            if args[0] not in {"fmt", "version"}
+            else [TOFU, f"-chdir={self.env_dir}", *args],
+            env=self.env,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, (
+                f"tofu {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def init(self):
+        """`tofu init` once per runner: later calls reuse the first."""
+        if not self.initialized:
+            self("init", "-input=false")
+            self.initialized = True
+
+    def inventory(self):
+        return json.loads(self("output", "-json", "ansible_inventory").stdout)
+
+
+def write_inventory(tmp_path, env, inventory):
+    """inventories/<env>/ as `make` leaves it: committed group_vars plus hosts.json."""
+    inventory_dir = tmp_path / "inventories" / env
+    shutil.copytree(
+        ROOT / "inventories" / env, inventory_dir, ignore=shutil.ignore_patterns("hosts.json")
+    )
+    (inventory_dir / "hosts.json").write_text(json.dumps(inventory, indent=2))
+    return inventory_dir
+
+
+def ansible_env():
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_CALLBACKS_ENABLED": "",
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
+
+
+def ansible_inventory(inventory_dir, *args):
+    result = run([VENV_BIN / "ansible-inventory", "-i", inventory_dir, *args], env=ansible_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

@@ -1,0 +1,212 @@
+"""terraform/environments/local on this machine's LXD: apply gives systemd
+containers on a bridge of the stack's own, an inventory Ansible reads and
+reaches every host through, the load balancer's HTTP port on 127.0.0.1 only;
+destroy leaves nothing behind. The stack gets a name, subnet and port of its
+own, so a developer's running stack is not touched."""
+
+import ipaddress
+import json
+import random
+import socket
+import time
+import urllib.request
+import uuid
+
+import pytest
+from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
+
+GROUPS = ["lb", "app", "redis", "postgres_primary", "postgres_replica"]
+
+
+def lxc_query(path):
+    result = run(["lxc", "query", path], timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def free_subnet():
+    """A /24 in 10.118.128.0/17 that no route on this host covers yet."""
+    routes = run(["ip", "-4", "route"]).stdout.split()
+    taken = [ipaddress.ip_network(word, strict=False) for word in routes if "/" in word]
+    for _ in range(100):
+        subnet = ipaddress.ip_network(f"10.118.{random.randint(128, 254)}.0/24")  # noqa: S311
+        if not any(subnet.overlaps(other) for other in taken):
+            return str(subnet)
+    pytest.fail("no free /24 in 10.118.128.0/17")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def hosts_of(inventory):
+    children = inventory["all"]["children"]
+    return {
+        name: {"group": group, **host_vars}
+        for group in GROUPS
+        for name, host_vars in children[group]["hosts"].items()
+    }
+
+
+class Stack:
+    def __init__(self, tofu):
+        self.tofu = tofu
+        self.name = f"pt-{uuid.uuid4().hex[:6]}"
+        self.cidr = free_subnet()
+        self.port = free_port()
+        self.vars = [
+            *("-var", f"name={self.name}"),
+            *("-var", f"network_cidr={self.cidr}"),
+            *("-var", f"lb_http_port={self.port}"),
+        ]
+        self.inventory = None
+        self.destroyed = False
+
+    def destroy(self):
+        result = self.tofu("destroy", "-auto-approve", "-input=false", *self.vars, check=False)
+        self.destroyed = result.returncode == 0
+        return result
+
+    def leftovers(self):
+        instances = [
+            path.rsplit("/", 1)[-1]
+            for path in lxc_query("/1.0/instances")
+            if path.rsplit("/", 1)[-1].startswith(f"{self.name}-")
+        ]
+        networks = [
+            path.rsplit("/", 1)[-1]
+            for path in lxc_query("/1.0/networks")
+            if path.rsplit("/", 1)[-1] == f"{self.name}-br"
+        ]
+        profiles = [
+            path.rsplit("/", 1)[-1]
+            for path in lxc_query("/1.0/profiles")
+            if path.rsplit("/", 1)[-1] == f"{self.name}-vm"
+        ]
+        return instances, networks, profiles
+
+
+@pytest.fixture(scope="module")
+def stack(tofu_for):
+    probe = run(["lxc", "query", "/1.0"], timeout=30)
+    assert probe.returncode == 0, f"LXD does not answer (run `make setup`): {probe.stderr}"
+    tofu = tofu_for("local")
+    tofu.init()
+    stack = Stack(tofu)
+    try:
+        tofu("apply", "-auto-approve", "-input=false", *stack.vars, timeout=600)
+        stack.inventory = tofu.inventory()
+        yield stack
+    finally:
+        if not stack.destroyed:
+            stack.destroy()
+        # A failed destroy must not leak containers into the next run.
+        instances, networks, profiles = stack.leftovers()
+        for instance in instances:
+            run(["lxc", "delete", "--force", instance])
+        for network in networks:
+            run(["lxc", "network", "delete", network])
+        for profile in profiles:
+            run(["lxc", "profile", "delete", profile])
+
+
+@pytest.fixture(scope="module")
+def inventory_dir(stack, tmp_path_factory):
+    return write_inventory(tmp_path_factory.mktemp("inv"), "local", stack.inventory)
+
+
+def test_inventory_has_every_group_and_host_variable(stack):
+    hosts = hosts_of(stack.inventory)
+    groups = {group: [h for h, v in hosts.items() if v["group"] == group] for group in GROUPS}
+    assert len(groups["app"]) == 2, groups
+    assert all(len(groups[group]) == 1 for group in GROUPS if group != "app"), groups
+    subnet = ipaddress.ip_network(stack.cidr)
+    for name, host_vars in hosts.items():
+        assert name.startswith(f"{stack.name}-")
+        assert host_vars["ansible_host"] == name
+        assert ipaddress.ip_address(host_vars["private_ip"]) in subnet
+    assert stack.inventory["all"]["vars"]["flaskfleet_environment"] == stack.name
+
+
+def test_instances_run_systemd_on_the_stacks_own_network(stack):
+    bridge = lxc_query(f"/1.0/networks/{stack.name}-br")
+    gateway = ipaddress.ip_interface(bridge["config"]["ipv4.address"])
+    assert gateway.network == ipaddress.ip_network(stack.cidr)
+    for name, host_vars in hosts_of(stack.inventory).items():
+        state = run(
+            ["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"], timeout=180
+        )
+        failed = run(["lxc", "exec", name, "--", "systemctl", "--failed", "--no-legend"])
+        assert state.stdout.strip() in {"running", "degraded"}, f"{name}: {failed.stdout}"
+        instance = lxc_query(f"/1.0/instances/{name}")
+        assert instance["profiles"] == [f"{stack.name}-vm"]
+        assert instance["expanded_devices"]["eth0"]["network"] == f"{stack.name}-br"
+        addresses = lxc_query(f"/1.0/instances/{name}/state")["network"]["eth0"]["addresses"]
+        inet = [a["address"] for a in addresses if a["family"] == "inet"]
+        assert inet == [host_vars["private_ip"]], f"{name}: {addresses}"
+
+
+def test_ansible_inventory_graph_shows_every_group(stack, inventory_dir):
+    graph = ansible_inventory(inventory_dir, "--graph")
+    for group in [*GROUPS, "postgres"]:
+        assert f"@{group}:" in graph, graph
+    for name in hosts_of(stack.inventory):
+        assert name in graph, graph
+    listed = json.loads(ansible_inventory(inventory_dir, "--list"))
+    for name, host_vars in hosts_of(stack.inventory).items():
+        seen = listed["_meta"]["hostvars"][name]
+        assert seen["ansible_host"] == name
+        assert seen["private_ip"] == host_vars["private_ip"]
+        assert seen["ansible_connection"] == "community.general.lxd"
+
+
+def test_ansible_pings_every_host_through_lxd(stack, inventory_dir):
+    result = run(
+        [VENV_BIN / "ansible", "all", "-i", inventory_dir, "-m", "ansible.builtin.ping"],
+        env=ansible_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in hosts_of(stack.inventory):
+        assert f"{name} | SUCCESS" in result.stdout, result.stdout
+
+
+def test_lb_http_port_is_published_on_localhost_only(stack):
+    lb = f"{stack.name}-lb"
+    device = lxc_query(f"/1.0/instances/{lb}")["devices"]["http"]
+    assert device["type"] == "proxy"
+    assert device["listen"] == f"tcp:127.0.0.1:{stack.port}"
+    # Something listening on the lb's port 80 answers on the host's 127.0.0.1.
+    started = run(
+        [
+            *("lxc", "exec", lb, "--", "systemd-run", "--unit=pytest-http"),
+            *("python3", "-m", "http.server", "80", "--bind", "127.0.0.1"),
+            *("--directory", "/etc/systemd"),
+        ]
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                url = f"http://127.0.0.1:{stack.port}/"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    assert response.status == 200
+                    assert "system.conf" in response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        run(["lxc", "exec", lb, "--", "systemctl", "stop", "pytest-http"])
+
+
+def test_destroy_leaves_no_container_or_network(stack):
+    result = stack.destroy()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert stack.leftovers() == ([], [], []), "containers, networks, profiles left behind"
+    link = run(["ip", "link", "show", f"{stack.name}-br"])
+    assert link.returncode != 0, link.stdout

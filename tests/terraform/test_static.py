@@ -1,0 +1,127 @@
+"""What needs no infrastructure: formatting, validation, the security scan, and
+variables that must be refused at plan time with their validation message."""
+
+import json
+
+import pytest
+from helpers import ROOT, TOFU, one_line, run
+
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+AWS_REQUIRED_VARS = [
+    "-var",
+    'admin_cidrs=["203.0.113.0/24"]',
+    "-var",
+    "ssh_public_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2 pytest",
+]
+
+
+def test_fmt_check():
+    result = run([TOFU, "fmt", "-check", "-recursive", "-diff", "terraform"])
+    assert result.returncode == 0, f"tofu fmt would change:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("env", ["local", "aws"])
+def test_validate(tofu_for, env):
+    tofu = tofu_for(env)
+    tofu.init()
+    result = tofu("validate", "-json")
+    report = json.loads(result.stdout)
+    assert report["valid"], report["diagnostics"]
+    assert report["warning_count"] == 0, report["diagnostics"]
+
+
+def test_lock_files_pin_the_mirrored_providers():
+    """The committed lock files name exactly the providers the mirror holds."""
+    versions = dict(
+        line.split("=", 1)
+        for line in (ROOT / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    expected = {
+        "local": ("terraform-lxd/lxd", versions["LXD_PROVIDER_VERSION"]),
+        "aws": ("hashicorp/aws", versions["AWS_PROVIDER_VERSION"]),
+    }
+    for env, (source, version) in expected.items():
+        lock = (ROOT / "terraform" / "environments" / env / ".terraform.lock.hcl").read_text()
+        assert f'/{source}" {{\n  version     = "{version}"' in lock, lock
+
+
+def test_checkov_finds_nothing_unexplained():
+    assert CHECKOV.exists(), "run `make setup` first: the checkov venv is missing"
+    # --skip-download: no call home; every suppression carries its reason inline.
+    result = run(
+        [
+            CHECKOV,
+            "--directory",
+            ROOT / "terraform",
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "--compact",
+            "--quiet",
+            "--output",
+            "json",
+        ]
+    )
+    reports = json.loads(result.stdout) if result.stdout.strip() else []
+    reports = reports if isinstance(reports, list) else [reports]
+    assert reports, result.stderr
+    failed = [
+        f"{check['check_id']} {check['resource']} ({check['file_path']}): {check['check_name']}"
+        for report in reports
+        for check in report.get("results", {}).get("failed_checks", [])
+    ]
+    assert not failed, "\n".join(failed)
+    skipped = [
+        check for report in reports for check in report.get("results", {}).get("skipped_checks", [])
+    ]
+    unexplained = [check["check_id"] for check in skipped if not check.get("suppress_comment")]
+    assert not unexplained, unexplained
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "variables", "message"),
+    [
+        ("local", ["-var", "app_count=0"], "The app count must be a whole number from 1 to 50."),
+        (
+            "local",
+            ["-var", "network_cidr=10.118.300.0/24"],
+            "The network CIDR must be an IPv4 subnet between /16 and /24",
+        ),
+        ("local", ["-var", "name=Bad_Name"], "The environment name must be 2-12 characters"),
+        ("local", ["-var", "lb_http_port=80"], "The load balancer's host port must be"),
+        (
+            "aws",
+            [*AWS_REQUIRED_VARS, "-var", "app_count=0"],
+            "The app count must be a whole number from 1 to 50.",
+        ),
+        (
+            "aws",
+            [*AWS_REQUIRED_VARS, "-var", "vpc_cidr=10.20.0.0"],
+            "The VPC CIDR must be an IPv4 block between /16 and /24",
+        ),
+        (
+            "aws",
+            [*AWS_REQUIRED_VARS, "-var", 'admin_cidrs=["0.0.0.0/0"]'],
+            "SSH must not be open to the whole internet",
+        ),
+    ],
+    ids=[
+        "local-app-count-0",
+        "local-bad-cidr",
+        "local-bad-name",
+        "local-privileged-port",
+        "aws-app-count-0",
+        "aws-cidr-without-prefix",
+        "aws-ssh-open-to-world",
+    ],
+)
+def test_bad_variable_fails_at_plan(tofu_for, env, variables, message):
+    tofu = tofu_for(env)
+    tofu.init()
+    result = tofu("plan", "-input=false", "-lock=false", *variables, check=False, timeout=300)
+    assert result.returncode != 0, result.stdout
+    output = one_line(result.stdout + result.stderr)
+    assert "Invalid value for variable" in output, output
+    assert message in output, output
