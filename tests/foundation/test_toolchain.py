@@ -2,9 +2,9 @@
 toolchain that resolves every provider the project uses with no registry."""
 
 import os
-import shutil
 import subprocess
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -29,8 +29,25 @@ SYSTEMD_CONTAINER_ARGS = [
 ]
 
 
+TOFU_ENV = {
+    **os.environ,
+    "TF_CLI_CONFIG_FILE": str(ROOT / "terraform" / "cli.tfrc"),
+    "TF_IN_AUTOMATION": "1",
+}
+
+
 def run(*cmd, **kwargs):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def wait_for_boot(container):
+    """`systemctl is-system-running --wait` once systemd's bus is up (it is not at t=0)."""
+    deadline = time.monotonic() + 60
+    while True:
+        state = run("docker", "exec", container, "systemctl", "is-system-running", "--wait")
+        if "Failed to connect to bus" not in state.stderr or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -45,7 +62,7 @@ def base_container():
 
 
 def test_base_image_boots_systemd(base_container):
-    state = run("docker", "exec", base_container, "systemctl", "is-system-running", "--wait")
+    state = wait_for_boot(base_container)
     failed = run("docker", "exec", base_container, "systemctl", "--failed", "--no-legend")
     assert state.stdout.strip() in {"running", "degraded"}, failed.stdout
     pid1 = run("docker", "exec", base_container, "cat", "/proc/1/comm")
@@ -53,6 +70,7 @@ def test_base_image_boots_systemd(base_container):
 
 
 def test_base_image_has_what_ansible_and_ssh_need(base_container):
+    wait_for_boot(base_container)
     probe = run(
         "docker",
         "exec",
@@ -83,33 +101,32 @@ def test_base_image_tag_is_the_recipe_content_version():
 
 
 def test_tofu_is_a_release_build():
-    version = run(str(TOFU), "version")
+    version = run(str(TOFU), "version", env=TOFU_ENV)
     assert version.returncode == 0, version.stderr
     first = version.stdout.splitlines()[0]
     assert first.startswith(("OpenTofu v", "Terraform v")) and "-dev" not in first
 
 
 def test_providers_resolve_from_the_filesystem_mirror_only(tmp_path):
-    (tmp_path / "main.tf").write_text(
+    # terraform/cli.tfrc names the mirror relative to a root module three levels
+    # below the repository (terraform/environments/<env>), so the empty config
+    # sits at the same depth below a directory that has the repository's .tools.
+    (tmp_path / ".tools").symlink_to(ROOT / ".tools")
+    config = tmp_path / "terraform" / "environments" / "empty"
+    config.mkdir(parents=True)
+    (config / "main.tf").write_text(
         textwrap.dedent("""
-        terraform {
-          required_providers {
-            aws = { source = "hashicorp/aws", version = "3.39.0" }
-            lxd = { source = "terraform-lxd/lxd", version = "1.5.0" }
-          }
-        }
-    """)
+            terraform {
+              required_providers {
+                aws = { source = "hashicorp/aws", version = "3.39.0" }
+                lxd = { source = "terraform-lxd/lxd", version = "1.5.0" }
+              }
+            }
+        """)
     )
-    env = {
-        **os.environ,
-        "TF_CLI_CONFIG_FILE": str(ROOT / "terraform" / "cli.tfrc"),
-        "TF_IN_AUTOMATION": "1",
-    }
-    # The CLI config locates the mirror relative to the repository, as `make` runs it.
-    init = run(str(TOFU), f"-chdir={tmp_path}", "init", "-input=false", cwd=ROOT, env=env)
+    init = run(str(TOFU), f"-chdir={config}", "init", "-input=false", env=TOFU_ENV)
     assert init.returncode == 0, init.stdout + init.stderr
-    providers = run(str(TOFU), f"-chdir={tmp_path}", "providers", cwd=ROOT, env=env)
+    providers = run(str(TOFU), f"-chdir={config}", "providers", env=TOFU_ENV)
     assert providers.returncode == 0, providers.stderr
-    assert "hashicorp/aws] 3.39.0" in providers.stdout
-    assert "terraform-lxd/lxd] 1.5.0" in providers.stdout
-    shutil.rmtree(tmp_path / ".terraform", ignore_errors=True)
+    assert "provider[registry.opentofu.org/hashicorp/aws] 3.39.0" in providers.stdout
+    assert "provider[registry.opentofu.org/terraform-lxd/lxd] 1.5.0" in providers.stdout
