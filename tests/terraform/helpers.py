@@ -78,7 +78,6 @@ def ansible_env():
     return {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_CALLBACKS_ENABLED": "",
         "ANSIBLE_NOCOLOR": "1",
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }

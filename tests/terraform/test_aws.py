@@ -13,6 +13,8 @@ import uuid
 
 import boto3
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
 
 GROUPS = ["lb", "app", "redis", "postgres_primary", "postgres_replica"]
@@ -87,12 +89,20 @@ def stack(tofu_for, moto, ec2):
     # moto has no Debian AMI of the real owner: pass one it knows (the variable wins).
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     name = f"pt-{uuid.uuid4().hex[:6]}"
+    public_key = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     variables = [
         *("-var", f"name={name}"),
         *("-var", f"region={REGION}"),
         *("-var", 'admin_cidrs=["203.0.113.0/24"]'),
-        *("-var", "ssh_public_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPytestPytest pytest"),
+        *("-var", f"ssh_public_key={public_key} pytest"),
         *("-var", f"ami_id={ami}"),
+        # moto does not implement MonitorInstances.
+        *("-var", "detailed_monitoring=false"),
     ]
     tofu("apply", "-auto-approve", "-input=false", *variables, timeout=600)
     return {"tofu": tofu, "name": name, "vars": variables, "inventory": tofu.inventory()}
@@ -174,19 +184,9 @@ def test_inventory_has_every_group_with_addresses(stack, tmp_path):
         assert f"@{group}:" in graph, graph
     # The connection settings resolve as Ansible will use them (debug runs on
     # the controller, so nothing connects to moto's fake addresses).
+    debug = "msg={{ inventory_hostname }}|{{ ansible_user }}|{{ ansible_ssh_common_args }}"
     result = run(
-        [
-            *(
-                VENV_BIN / "ansible",
-                "all",
-                "-i",
-                inventory_dir,
-                "-o",
-                "-m",
-                "ansible.builtin.debug",
-            ),
-            *("-a", "msg={{ ansible_user }}|{{ ansible_ssh_common_args }}"),
-        ],
+        [VENV_BIN / "ansible", "all", "-i", inventory_dir, "-m", "debug", "-a", debug],
         env=ansible_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr

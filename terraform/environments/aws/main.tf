@@ -24,6 +24,7 @@ locals {
   # the available ones) keeps the subnets put when AWS adds a zone.
   availability_zones = length(var.availability_zones) > 0 ? var.availability_zones : ["${var.region}a", "${var.region}b"]
   ami_id             = var.ami_id != null ? var.ami_id : data.aws_ami.debian[0].id
+  tags               = { Project = "flaskfleet", Environment = var.name }
 }
 
 module "network" {
@@ -32,6 +33,7 @@ module "network" {
   name               = var.name
   cidr               = var.vpc_cidr
   availability_zones = local.availability_zones
+  tags               = local.tags
 }
 
 module "security" {
@@ -41,71 +43,83 @@ module "security" {
   vpc_id      = module.network.vpc_id
   admin_cidrs = var.admin_cidrs
   app_port    = var.app_port
+  tags        = local.tags
 }
 
 resource "aws_key_pair" "admin" {
   key_name   = "${var.name}-admin"
   public_key = trimspace(var.ssh_public_key)
+  tags       = local.tags
 }
 
 module "lb" {
   source = "../../modules/aws-instances"
 
-  name               = "${var.name}-lb"
-  ami_id             = local.ami_id
-  instance_type      = var.instance_types.lb
-  subnet_ids         = module.network.public_subnet_ids
-  security_group_ids = [module.security.security_group_ids["lb"]]
-  key_name           = aws_key_pair.admin.key_name
-  public             = true
+  name                = "${var.name}-lb"
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.lb
+  subnet_ids          = module.network.public_subnet_ids
+  security_group_ids  = [module.security.security_group_ids["lb"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
+  public              = true
 }
 
 module "app" {
   source = "../../modules/aws-instances"
 
-  name               = "${var.name}-app"
-  instance_count     = var.app_count
-  ami_id             = local.ami_id
-  instance_type      = var.instance_types.app
-  subnet_ids         = module.network.private_subnet_ids
-  security_group_ids = [module.security.security_group_ids["app"]]
-  key_name           = aws_key_pair.admin.key_name
+  name                = "${var.name}-app"
+  instance_count      = var.app_count
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.app
+  subnet_ids          = module.network.private_subnet_ids
+  security_group_ids  = [module.security.security_group_ids["app"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
 }
 
 module "redis" {
   source = "../../modules/aws-instances"
 
-  name               = "${var.name}-redis"
-  ami_id             = local.ami_id
-  instance_type      = var.instance_types.redis
-  subnet_ids         = module.network.private_subnet_ids
-  security_group_ids = [module.security.security_group_ids["redis"]]
-  key_name           = aws_key_pair.admin.key_name
+  name                = "${var.name}-redis"
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.redis
+  subnet_ids          = module.network.private_subnet_ids
+  security_group_ids  = [module.security.security_group_ids["redis"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
 }
 
 module "pg_primary" {
   source = "../../modules/aws-instances"
 
-  name               = "${var.name}-pg-primary"
-  ami_id             = local.ami_id
-  instance_type      = var.instance_types.postgres
-  subnet_ids         = [module.network.private_subnet_ids[0]]
-  security_group_ids = [module.security.security_group_ids["postgres_primary"]]
-  key_name           = aws_key_pair.admin.key_name
-  root_volume_size   = 20
+  name                = "${var.name}-pg-primary"
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.postgres
+  subnet_ids          = [module.network.private_subnet_ids[0]]
+  security_group_ids  = [module.security.security_group_ids["postgres_primary"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
+  root_volume_size    = 20
 }
 
 # The replica sits in the second zone: losing a zone leaves one copy.
 module "pg_replica" {
   source = "../../modules/aws-instances"
 
-  name               = "${var.name}-pg-replica"
-  ami_id             = local.ami_id
-  instance_type      = var.instance_types.postgres
-  subnet_ids         = [module.network.private_subnet_ids[1]]
-  security_group_ids = [module.security.security_group_ids["postgres_replica"]]
-  key_name           = aws_key_pair.admin.key_name
-  root_volume_size   = 20
+  name                = "${var.name}-pg-replica"
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.postgres
+  subnet_ids          = [module.network.private_subnet_ids[1]]
+  security_group_ids  = [module.security.security_group_ids["postgres_replica"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
+  root_volume_size    = 20
 }
 
 # Ansible connects over SSH as Debian's cloud user `admin`: straight to the

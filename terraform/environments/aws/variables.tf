@@ -100,6 +100,12 @@ variable "app_port" {
   }
 }
 
+variable "detailed_monitoring" {
+  description = "Whether CloudWatch collects every host's metrics every minute (billed) instead of every five; API emulators without MonitorInstances need false."
+  type        = bool
+  default     = true
+}
+
 variable "instance_types" {
   description = "EC2 instance type per tier: lb, app, redis, postgres."
   type = object({

@@ -9,13 +9,9 @@ terraform {
   }
 }
 
+# No default_tags: on AWS provider 3.x they reach aws_eip too, which refuses
+# tags unless `vpc = true` - an argument 6.x no longer has. Modules tag their
+# own resources with local.tags instead.
 provider "aws" {
   region = var.region
-
-  default_tags {
-    tags = {
-      Project     = "flaskfleet"
-      Environment = var.name
-    }
-  }
 }

@@ -14,7 +14,7 @@ resource "aws_instance" "this" {
   subnet_id              = var.subnet_ids[count.index % length(var.subnet_ids)]
   vpc_security_group_ids = var.security_group_ids
   key_name               = var.key_name
-  monitoring             = true
+  monitoring             = var.detailed_monitoring
   ebs_optimized          = true
 
   metadata_options {
@@ -32,13 +32,10 @@ resource "aws_instance" "this" {
   volume_tags = merge(var.tags, { Name = local.names[count.index] })
 }
 
-# Neither `vpc` (AWS provider < 5) nor `domain` (>= 5) is set: see
-# modules/aws-network.
+# Neither `vpc` nor `domain`, and no tags: see modules/aws-network.
 resource "aws_eip" "this" {
   # checkov:skip=CKV2_AWS_19:each address is attached to its instance by `instance` below
   count = var.public ? var.instance_count : 0
 
   instance = aws_instance.this[count.index].id
-
-  tags = merge(var.tags, { Name = local.names[count.index] })
 }

@@ -71,6 +71,12 @@ variable "public" {
   default     = false
 }
 
+variable "detailed_monitoring" {
+  description = "Whether CloudWatch collects the instances' metrics every minute instead of every five."
+  type        = bool
+  default     = true
+}
+
 variable "root_volume_size" {
   description = "Size of the encrypted root volume in GiB."
   type        = number
@@ -83,7 +89,7 @@ variable "root_volume_size" {
 }
 
 variable "tags" {
-  description = "Tags added to every resource."
+  description = "Tags added to the instances and their volumes (Elastic IPs stay untagged, see main.tf)."
   type        = map(string)
   default     = {}
 }

@@ -45,13 +45,11 @@ resource "aws_subnet" "private" {
   tags = merge(var.tags, { Name = "${var.name}-private-${var.availability_zones[count.index]}", Tier = "private" })
 }
 
-# Neither `vpc` (AWS provider < 5) nor `domain` (>= 5) is set: both default to
-# a VPC address on accounts without EC2-Classic, and each is invalid on the
-# other major version.
+# Neither `vpc` (AWS provider < 5, gone in 6) nor `domain` (>= 5) is set:
+# without them AWS allocates a VPC address on any account without EC2-Classic.
+# No tags either: provider 3.x refuses tags on an address without `vpc = true`.
 resource "aws_eip" "nat" {
   # checkov:skip=CKV2_AWS_19:the address belongs to the NAT gateway, not to an instance
-  tags = merge(var.tags, { Name = "${var.name}-nat" })
-
   depends_on = [aws_internet_gateway.this]
 }
 

@@ -30,7 +30,7 @@ variable "availability_zones" {
 }
 
 variable "tags" {
-  description = "Tags added to every resource."
+  description = "Tags added to every resource but the NAT gateway's Elastic IP (see main.tf)."
   type        = map(string)
   default     = {}
 }
