@@ -1,0 +1,74 @@
+"""Fixtures for the app scenario: the app host, HTTP against it, and running the deploy playbook."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+SCENARIO_DIR = Path(__file__).resolve().parent.parent
+PORT = 8000
+
+
+@pytest.fixture(scope="session")
+def app():
+    return testinfra.get_host("ansible://app-app1", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="session")
+def address(app):
+    """The app host's private address: the one the socket unit listens on."""
+    return app.interface("eth0").addresses[0]
+
+
+def diagnostics(host):
+    """The units' journal, for assertion messages."""
+    journal = host.run(
+        "journalctl -u flaskfleet.service -u flaskfleet.socket --no-pager -n 60"
+    ).stdout
+    return f"\n--- journalctl -u flaskfleet.service -u flaskfleet.socket:\n{journal}"
+
+
+def http_get(host, url):
+    """GET url from the host itself; returns (status, headers with lower-case names, body)."""
+    result = host.run(f"curl -sS --max-time 5 --include {url}")
+    if result.rc != 0:
+        return 0, {}, result.stderr
+    head, _, body = result.stdout.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def main_pid(host):
+    return int(host.check_output("systemctl show --property=MainPID --value flaskfleet.service"))
+
+
+def worker_pids(host):
+    return set(host.check_output(f"pgrep -P {main_pid(host)} || true").split())
+
+
+def eventually(check, timeout=30.0, interval=1.0):
+    """Call check() until it returns something truthy or timeout seconds pass; return the last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def run_deploy(*extra_vars):
+    """Run the scenario's deploy playbook (the app role) with -e arguments; (exit code, output)."""
+    args = ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "deploy.yml")]
+    for extra in extra_vars:
+        args += ["-e", extra]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    return result.returncode, result.stdout + result.stderr

@@ -1,0 +1,107 @@
+"""Behaviour of the app role: socket activation, health, reload, releases, bad variables."""
+
+import json
+import re
+import uuid
+
+import pytest
+from conftest import PORT, diagnostics, eventually, http_get, main_pid, run_deploy, worker_pids
+
+BASE = "/opt/flaskfleet"
+
+
+def current_release(app):
+    return app.file(f"{BASE}/current").linked_to.rsplit("/", 1)[-1]
+
+
+def test_socket_unit_listens_on_the_private_address(app, address):
+    assert app.service("flaskfleet.socket").is_running, diagnostics(app)
+    assert app.socket(f"tcp://{address}:{PORT}").is_listening, diagnostics(app)
+    assert not app.socket(f"tcp://127.0.0.1:{PORT}").is_listening
+
+
+def test_healthz_answers_200_with_the_release(app, address):
+    status, headers, body = http_get(app, f"http://{address}:{PORT}/healthz")
+    assert status == 200, body + diagnostics(app)
+    assert headers["x-app-version"] == current_release(app)
+    assert headers["x-served-by"]
+
+
+def test_readyz_reports_the_primary_and_redis_ok(app, address):
+    status, _, body = http_get(app, f"http://{address}:{PORT}/readyz")
+    assert status == 200, body + diagnostics(app)
+    checks = json.loads(body)["checks"]
+    assert checks["primary"]["status"] == "ok", body
+    assert checks["redis"]["status"] == "ok", body
+
+
+def test_service_runs_sandboxed_as_its_own_user(app):
+    properties = dict(
+        line.split("=", 1)
+        for line in app.check_output(
+            "systemctl show flaskfleet.service --property=Type,User,KillMode,ProtectSystem,"
+            "ProtectHome,PrivateTmp,NoNewPrivileges,ProtectKernelTunables,RuntimeDirectory"
+        ).splitlines()
+    )
+    assert properties == {
+        "Type": "notify",
+        "User": "flaskfleet",
+        "KillMode": "mixed",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectKernelTunables": "yes",
+        "RuntimeDirectory": "flaskfleet",
+    }
+    assert app.check_output(f"ps -o user= -p {main_pid(app)}") == "flaskfleet"
+    assert app.file("/run/flaskfleet/metrics").is_directory, diagnostics(app)
+
+
+def test_environment_file_is_root_only(app):
+    env = app.file("/etc/flaskfleet/flaskfleet.env")
+    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    assert "FLASKFLEET_DATABASE_URL=" in env.content_string
+
+
+def test_reload_keeps_the_master_and_keeps_answering(app, address):
+    master, workers = main_pid(app), worker_pids(app)
+    app.check_output("systemctl reload flaskfleet")
+    statuses = [http_get(app, f"http://{address}:{PORT}/healthz")[0] for _ in range(10)]
+    assert statuses == [200] * 10, diagnostics(app)
+    new_workers = eventually(lambda: worker_pids(app).isdisjoint(workers) and worker_pids(app))
+    assert new_workers, f"workers not replaced after HUP: {workers}" + diagnostics(app)
+    assert main_pid(app) == master, diagnostics(app)
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "message"),
+    [
+        ("app_release=../etc", "app_release '../etc' must be 1-64 characters"),
+        ("app_secret_key=short", "app_secret_key must be at least 16 characters"),
+        ('{"app_workers": "many"}', "app_workers"),
+    ],
+    ids=["release-name", "short-secret-key", "workers-not-an-int"],
+)
+def test_bad_variable_fails_before_any_change(extra_vars, message):
+    returncode, output = run_deploy(extra_vars)
+    assert returncode != 0, output
+    assert message in output, output
+    assert set(re.findall(r"changed=(\d+)", output)) <= {"0"}, output
+
+
+def test_new_release_switches_the_link_and_keeps_the_previous(app, address):
+    previous = current_release(app)
+    release = f"{previous}-{uuid.uuid4().hex[:8]}"
+    returncode, output = run_deploy(f"app_release={release}")
+    assert returncode == 0, output + diagnostics(app)
+    assert current_release(app) == release
+    assert app.file(f"{BASE}/releases/{previous}/venv/bin/python").exists
+    status, headers, _ = http_get(app, f"http://{address}:{PORT}/healthz")
+    assert (status, headers.get("x-app-version")) == (200, release), diagnostics(app)
+    # The workers' compiled modules must come from the new release, not the previous one.
+    for pid in worker_pids(app):
+        mapped = set(
+            re.findall(rf"{BASE}/releases/([^/]+)/", app.file(f"/proc/{pid}/maps").content_string)
+        )
+        assert mapped <= {release}, f"worker {pid} maps {mapped}" + diagnostics(app)
