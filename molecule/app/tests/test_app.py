@@ -54,7 +54,15 @@ def test_service_runs_sandboxed_as_its_own_user(app):
         "ProtectKernelTunables": "yes",
         "RuntimeDirectory": "flaskfleet",
     }
-    assert app.check_output(f"ps -o user= -p {main_pid(app)}") == "flaskfleet"
+    pid = main_pid(app)
+    assert app.check_output(f"ps -o user= -p {pid}") == "flaskfleet"
+    # The sandbox took effect in these containers, not just in the unit file.
+    status = app.file(f"/proc/{pid}/status").content_string
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.MULTILINE), status
+    assert re.search(r"^Seccomp:\s+2$", status, re.MULTILINE), status
+    assert re.search(r"^CapBnd:\s+0+$", status, re.MULTILINE), status
+    root_mount = app.check_output(f"awk '$5 == \"/\" {{print $6}}' /proc/{pid}/mountinfo")
+    assert root_mount.startswith("ro,"), root_mount
     assert app.file("/run/flaskfleet/metrics").is_directory, diagnostics(app)
 
 
