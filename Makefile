@@ -49,13 +49,11 @@ test-app: ## The Flask service's tests against real PostgreSQL and Redis
 test-roles: ## Every role's Molecule scenario
 	@bash scripts/run-tests.sh $(addprefix molecule:,$(MOLECULE_SCENARIOS))
 
-up: setup ## Bring the whole stack up locally and print its URL
-	@echo "make up: the whole-stack deployment (issue 6) is not built yet;" >&2
-	@echo "  missing: terraform/environments/local, site.yml roles, the stack smoke check." >&2
-	@exit 1
+up: setup ## Bring the whole stack up locally and print its URL (FF_STACK, FF_HTTP_PORT)
+	@bash scripts/stack.sh up
 
 down: ## Remove everything make up made
-	@echo "make down: nothing to remove until make up exists (issue 6)." >&2
+	@bash scripts/stack.sh down
 
 # The local stack's VMs (LXD) from terraform/environments/local; extra
 # variables pass through, e.g. make tf-apply-local TF_ARGS='-var app_count=3'.

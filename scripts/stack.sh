@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The whole stack on this machine: `stack.sh up` (make up), `stack.sh down`
+# (make down), `stack.sh smoke`, `stack.sh ansible-playbook ARGS...` (a
+# playbook against the stack with its inventory and secrets).
+#
+#   FF_STACK      name of the stack: instance-name prefix and OpenTofu
+#                 workspace (default ff). The ff stack's inventory is
+#                 inventories/local/; another stack's lives in .secrets/<name>/
+#                 inventory/ with the same group_vars, so a test stack never
+#                 touches the developer's.
+#   FF_HTTP_PORT  port on 127.0.0.1 that reaches the load balancer (default 8080)
+. "$(dirname "$0")/lib.sh"
+cd "$FF_ROOT"
+
+stack=${FF_STACK:-ff}
+export TF_VAR_name=$stack
+export TF_VAR_lb_http_port=${FF_HTTP_PORT:-8080}
+export TF_WORKSPACE=$stack
+url="http://127.0.0.1:$TF_VAR_lb_http_port"
+state=.secrets/$stack
+if [ "$stack" = ff ]; then
+  inventory=inventories/local
+else
+  inventory=$state/inventory
+fi
+tf() { tofu -chdir=terraform/environments/local "$@"; }
+# Commands run in workspace $TF_WORKSPACE without selecting it, so stacks can be
+# worked on side by side; init and workspace management need it unset.
+tf_admin() { env -u TF_WORKSPACE tofu -chdir=terraform/environments/local "$@"; }
+has_workspace() { tf_admin workspace list | sed 's/^[* ]*//' | grep -qx "$stack"; }
+step() { log "[$1/4] $2"; }
+
+playbook() {
+  ansible-playbook -i "$inventory" --vault-password-file "$state/vault-password" -e "@$state/vault.yml" "$@"
+}
+
+up() {
+  local start=$SECONDS
+  step 1 "VMs: tofu apply, workspace $stack (LXD system containers)"
+  tf_admin init -input=false >/dev/null
+  has_workspace || tf_admin workspace new "$stack" >/dev/null
+  tf apply -input=false -auto-approve -compact-warnings | grep -E '^(Apply complete|No changes)|Error' || true
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu apply failed"
+  mkdir -p "$inventory"
+  [ "$stack" = ff ] || ln -sfn "$FF_ROOT/inventories/local/group_vars" "$inventory/group_vars"
+  tf output -json ansible_inventory >"$inventory/hosts.json.partial"
+  mv "$inventory/hosts.json.partial" "$inventory/hosts.json"
+
+  step 2 "secrets (generated once per stack, ansible-vault encrypted in $state)"
+  bash scripts/secrets.sh "$stack" >/dev/null
+
+  step 3 "configure: ansible-playbook site.yml (full log: $state/site.log)"
+  playbook site.yml | tee "$state/site.log" |
+    grep --line-buffered -E '^(PLAY|TASK) \[|^(changed|fatal|failed):' || true
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "site.yml failed: see $state/site.log"
+  sed -n '/^PLAY RECAP/,/^$/p' "$state/site.log"
+
+  step 4 "smoke check through the load balancer"
+  smoke
+  log "flaskfleet is up (${stack}, $((SECONDS - start)) s)"
+  echo "$url/api/v1/products"
+}
+
+smoke() {
+  local ready=""
+  for _ in $(seq 1 60); do
+    ready=$(curl -fsS --max-time 3 "$url/readyz" 2>/dev/null) && break
+    sleep 1
+  done
+  [ -n "$ready" ] || die "no ready answer from $url/readyz within 60 s"
+  echo "readyz: $ready"
+  curl -fsS --max-time 5 -o /dev/null -w 'GET /api/v1/products: %{http_code}\n' "$url/api/v1/products"
+}
+
+down() {
+  log "removing stack $stack: VMs, network, inventory, secrets"
+  tf_admin init -input=false >/dev/null
+  if has_workspace; then
+    tf destroy -input=false -auto-approve -compact-warnings | grep -E '^Destroy complete|Error' || true
+    [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu destroy failed"
+    tf_admin workspace select default >/dev/null
+    tf_admin workspace delete "$stack" >/dev/null
+  fi
+  rm -rf "$inventory/hosts.json" "$state"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  smoke) smoke ;;
+  ansible-playbook) shift; playbook "$@" ;;
+  *) die "usage: stack.sh up|down|smoke|ansible-playbook ARGS..." ;;
+esac
