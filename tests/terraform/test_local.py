@@ -175,14 +175,16 @@ def test_ansible_pings_every_host_through_lxd(stack, inventory_dir):
 
 def test_lb_http_port_is_published_on_localhost_only(stack):
     lb = f"{stack.name}-lb"
+    lb_ip = hosts_of(stack.inventory)[lb]["private_ip"]
     device = lxc_query(f"/1.0/instances/{lb}")["devices"]["http"]
     assert device["type"] == "proxy"
     assert device["listen"] == f"tcp:127.0.0.1:{stack.port}"
-    # Something listening on the lb's port 80 answers on the host's 127.0.0.1.
+    assert device["connect"] == f"tcp:{lb_ip}:80"
+    # A server on the lb's private address, port 80, answers on the host's 127.0.0.1.
     started = run(
         [
             *("lxc", "exec", lb, "--", "systemd-run", "--unit=pytest-http"),
-            *("python3", "-m", "http.server", "80", "--bind", "127.0.0.1"),
+            *("python3", "-m", "http.server", "80", "--bind", lb_ip),
             *("--directory", "/etc/systemd"),
         ]
     )

@@ -21,6 +21,8 @@ module "profile" {
   storage_pool = var.storage_pool
 }
 
+# The load balancer's port 80 on its private address (where nginx listens,
+# like every service) is published on the host's 127.0.0.1 only.
 module "lb" {
   source = "../../modules/lxd-instances"
 
@@ -31,7 +33,7 @@ module "lb" {
   proxy_devices = [{
     name    = "http"
     listen  = "tcp:127.0.0.1:${var.lb_http_port}"
-    connect = "tcp:127.0.0.1:80"
+    connect = "tcp:${cidrhost(var.network_cidr, 10)}:80"
   }]
 }
 

@@ -32,7 +32,7 @@ variable "app_count" {
 }
 
 variable "lb_http_port" {
-  description = "Port on the host's 127.0.0.1 that forwards to the load balancer's HTTP port 80."
+  description = "Port on the host's 127.0.0.1 that forwards to port 80 on the load balancer's private address."
   type        = number
   default     = 8080
 
