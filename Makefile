@@ -55,19 +55,22 @@ up: setup ## Bring the whole stack up locally and print its URL (FF_STACK, FF_HT
 down: ## Remove everything make up made
 	@bash scripts/stack.sh down
 
-# The local stack's VMs (LXD) from terraform/environments/local; extra
-# variables pass through, e.g. make tf-apply-local TF_ARGS='-var app_count=3'.
+# The VMs (LXD) of the developer's stack `ff` - the one `make up` configures,
+# in the same OpenTofu workspace - without configuring them. Extra variables
+# pass through, e.g. make tf-apply-local TF_ARGS='-var app_count=3'.
 TF_LOCAL := tofu -chdir=terraform/environments/local
 TF_ARGS  ?=
 
-tf-apply-local: setup ## Create the local VMs (LXD) and write inventories/local/hosts.json
-	@$(TF_LOCAL) init -input=false >/dev/null
-	$(TF_LOCAL) apply -input=false -auto-approve $(TF_ARGS)
-	@$(TF_LOCAL) output -json ansible_inventory >inventories/local/hosts.json.partial
+tf-apply-local: setup ## Create the ff stack's VMs (LXD) and write inventories/local/hosts.json
+	@env -u TF_WORKSPACE $(TF_LOCAL) init -input=false >/dev/null
+	@env -u TF_WORKSPACE $(TF_LOCAL) workspace select -or-create ff >/dev/null
+	TF_WORKSPACE=ff $(TF_LOCAL) apply -input=false -auto-approve $(TF_ARGS)
+	@TF_WORKSPACE=ff $(TF_LOCAL) output -json ansible_inventory >inventories/local/hosts.json.partial
 	@mv inventories/local/hosts.json.partial inventories/local/hosts.json
 	@ansible-inventory -i inventories/local --graph
 
-tf-destroy-local: ## Remove the local VMs, their network and inventories/local/hosts.json
-	@$(TF_LOCAL) init -input=false >/dev/null
-	$(TF_LOCAL) destroy -input=false -auto-approve $(TF_ARGS)
+tf-destroy-local: ## Remove the ff stack's VMs, network, profile and inventories/local/hosts.json
+	@env -u TF_WORKSPACE $(TF_LOCAL) init -input=false >/dev/null
+	@env -u TF_WORKSPACE $(TF_LOCAL) workspace select -or-create ff >/dev/null
+	TF_WORKSPACE=ff $(TF_LOCAL) destroy -input=false -auto-approve $(TF_ARGS)
 	@rm -f inventories/local/hosts.json
