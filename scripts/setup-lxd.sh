@@ -79,3 +79,18 @@ for image in json.load(sys.stdin):
         print(image["fingerprint"])
 ' "$fingerprint" "$BASE_IMAGE_REPO:" | xargs -r -n 1 lxc image delete
 log "lxd $(lxd --version): image $image ($fingerprint)"
+
+# Docker sets the FORWARD policy to DROP, which also drops the LXD bridges'
+# traffic to the package mirror. DOCKER-USER runs first in FORWARD: let through
+# what touches no Docker bridge (docker0, br-*), and leave Docker's own traffic
+# and isolation rules as they are.
+if ! iptables -nL FLASKFLEET-LXD >/dev/null 2>&1; then
+  iptables -N FLASKFLEET-LXD
+fi
+iptables -F FLASKFLEET-LXD
+for match in "-i docker0" "-i br-+" "-o docker0" "-o br-+"; do
+  # shellcheck disable=SC2086 # the match is two words on purpose
+  iptables -A FLASKFLEET-LXD $match -j RETURN
+done
+iptables -A FLASKFLEET-LXD -j ACCEPT
+iptables -C DOCKER-USER -j FLASKFLEET-LXD 2>/dev/null || iptables -I DOCKER-USER -j FLASKFLEET-LXD

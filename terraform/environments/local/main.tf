@@ -26,10 +26,11 @@ module "profile" {
 module "lb" {
   source = "../../modules/lxd-instances"
 
-  instances = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
-  image     = var.image
-  network   = module.network.name
-  profile   = module.profile.name
+  instances  = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
+  image      = var.image
+  network    = module.network.name
+  nameserver = module.network.gateway
+  profile    = module.profile.name
   proxy_devices = [{
     name    = "http"
     listen  = "tcp:127.0.0.1:${var.lb_http_port}"
@@ -40,37 +41,41 @@ module "lb" {
 module "app" {
   source = "../../modules/lxd-instances"
 
-  instances = local.app_instances
-  image     = var.image
-  network   = module.network.name
-  profile   = module.profile.name
+  instances  = local.app_instances
+  image      = var.image
+  network    = module.network.name
+  nameserver = module.network.gateway
+  profile    = module.profile.name
 }
 
 module "redis" {
   source = "../../modules/lxd-instances"
 
-  instances = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
-  image     = var.image
-  network   = module.network.name
-  profile   = module.profile.name
+  instances  = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
+  image      = var.image
+  network    = module.network.name
+  nameserver = module.network.gateway
+  profile    = module.profile.name
 }
 
 module "pg_primary" {
   source = "../../modules/lxd-instances"
 
-  instances = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
-  image     = var.image
-  network   = module.network.name
-  profile   = module.profile.name
+  instances  = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
+  image      = var.image
+  network    = module.network.name
+  nameserver = module.network.gateway
+  profile    = module.profile.name
 }
 
 module "pg_replica" {
   source = "../../modules/lxd-instances"
 
-  instances = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
-  image     = var.image
-  network   = module.network.name
-  profile   = module.profile.name
+  instances  = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
+  image      = var.image
+  network    = module.network.name
+  nameserver = module.network.gateway
+  profile    = module.profile.name
 }
 
 # Ansible reaches an instance through LXD (community.general.lxd), so

@@ -19,6 +19,14 @@ resource "lxd_container" "this" {
     }
   }
 
+  # The image has no resolver of its own (systemd-networkd takes the DHCP
+  # lease but nothing writes resolv.conf): the bridge's dnsmasq answers.
+  file {
+    content     = "nameserver ${var.nameserver}\n"
+    target_file = "/etc/resolv.conf"
+    mode        = "0644"
+  }
+
   dynamic "device" {
     for_each = var.proxy_devices
     content {

@@ -38,6 +38,16 @@ variable "network" {
   }
 }
 
+variable "nameserver" {
+  description = "IPv4 address of the DNS server the instances use: the network's gateway, where LXD's dnsmasq listens."
+  type        = string
+
+  validation {
+    condition     = can(cidrhost("${var.nameserver}/32", 0))
+    error_message = "The nameserver must be an IPv4 address."
+  }
+}
+
 variable "profile" {
   description = "The LXD profile every instance uses (modules/lxd-profile): systemd's needs and the root disk."
   type        = string
