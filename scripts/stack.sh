@@ -39,7 +39,8 @@ up() {
   step 1 "VMs: tofu apply, workspace $stack (LXD system containers)"
   tf_admin init -input=false >/dev/null
   has_workspace || tf_admin workspace new "$stack" >/dev/null
-  tf apply -input=false -auto-approve -compact-warnings | grep -E '^(Apply complete|No changes)|Error' || true
+  tf apply -input=false -auto-approve -compact-warnings -no-color |
+    grep --line-buffered -E ': Creation complete|^(Apply complete|No changes)|Error' || true
   [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu apply failed"
   mkdir -p "$inventory"
   [ "$stack" = ff ] || ln -sfn "$FF_ROOT/inventories/local/group_vars" "$inventory/group_vars"
@@ -76,7 +77,8 @@ down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
   tf_admin init -input=false >/dev/null
   if has_workspace; then
-    tf destroy -input=false -auto-approve -compact-warnings | grep -E '^Destroy complete|Error' || true
+    tf destroy -input=false -auto-approve -compact-warnings -no-color |
+      grep --line-buffered -E ': Destruction complete|^Destroy complete|Error' || true
     [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu destroy failed"
     tf_admin workspace select default >/dev/null
     tf_admin workspace delete "$stack" >/dev/null

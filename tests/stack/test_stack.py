@@ -1,0 +1,149 @@
+"""End to end through the load balancer on 127.0.0.1. The tests run in file
+order: the failure tests come last, and promotion is the very last."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import requests
+from conftest import Load, instance, lxc, playbook, psql, recap_changed
+
+
+def new_product(stack, session=None, stock=100) -> tuple[requests.Session, dict]:
+    session = session or stack.session()
+    sku = f"e2e-{uuid.uuid4().hex[:12]}"
+    response = session.post(
+        f"{stack.url}/api/v1/products",
+        json={"sku": sku, "name": "End-to-end widget", "price_cents": 1250, "stock": stock},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return session, response.json()
+
+
+def test_second_site_run_changes_nothing(stack):
+    result = playbook("site.yml")
+    changed = recap_changed(result.stdout)
+    assert changed, result.stdout[-3000:]
+    assert set(changed.values()) == {0}, changed
+
+
+def test_requests_are_served_by_every_app_node(stack):
+    seen = {
+        requests.get(f"{stack.url}/healthz", timeout=5).headers["X-Served-By"] for _ in range(30)
+    }
+    assert seen == {instance("app-1"), instance("app-2")}
+
+
+def test_a_write_is_read_back_at_once_and_reaches_the_replica(stack):
+    session, product = new_product(stack)
+    read = session.get(f"{stack.url}/api/v1/products/{product['id']}", timeout=5)
+    assert read.status_code == 200, read.text
+    assert read.json()["sku"] == product["sku"]
+    query = f"SELECT sku FROM products WHERE id = {int(product['id'])}"  # noqa: S608 - an int
+    deadline = time.monotonic() + 10
+    while not psql("pg-replica", query) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert psql("pg-replica", query) == product["sku"]
+
+
+def test_a_second_get_is_a_cache_hit(stack):
+    _, product = new_product(stack)
+    url = f"{stack.url}/api/v1/products/{product['id']}"
+    # Anonymous readers (no read-your-writes cookie) share the cache.
+    caches = [requests.get(url, timeout=5).headers.get("X-Cache") for _ in range(3)]
+    assert caches[0] == "MISS"
+    assert caches[1:] == ["HIT", "HIT"]
+
+
+def test_rolling_deploy_under_load_fails_no_request(stack):
+    release = f"0.1.0+e2e{int(time.time())}"
+    with Load(f"{stack.url}/api/v1/products?limit=5", seconds=300) as load:
+        time.sleep(2)
+        playbook("deploy.yml", "-e", f"app_release={release}")
+        time.sleep(2)
+    assert load.failed == 0, load.summary()
+    assert sum(load.statuses.values()) > 100, load.summary()
+    hosts = {}
+    for _ in range(30):
+        response = requests.get(f"{stack.url}/healthz", timeout=5)
+        hosts[response.headers["X-Served-By"]] = response.json()["version"]
+    assert hosts == {instance("app-1"): release, instance("app-2"): release}
+
+
+def test_stopping_an_app_node_under_load_fails_no_idempotent_request(stack):
+    with Load(f"{stack.url}/api/v1/products?limit=5", seconds=120) as load:
+        time.sleep(2)
+        lxc("stop", instance("app-2"))
+        time.sleep(5)
+    try:
+        assert load.failed == 0, load.summary()
+        assert sum(load.statuses.values()) > 100, load.summary()
+        seen = {
+            requests.get(f"{stack.url}/healthz", timeout=5).headers["X-Served-By"]
+            for _ in range(10)
+        }
+        assert seen == {instance("app-1")}
+    finally:
+        lxc("start", instance("app-2"))
+    stack.wait_ready()
+
+
+def test_redis_down_degrades_but_serves(stack):
+    lxc("stop", instance("redis"))
+    try:
+        body = stack.wait_ready(expect="degraded")
+        assert body["checks"]["redis"]["status"] == "down"
+        assert body["checks"]["primary"]["status"] == "ok"
+        response = requests.get(f"{stack.url}/api/v1/products", timeout=10)
+        assert response.status_code == 200, response.text
+        _, product = new_product(stack)
+        assert requests.get(f"{stack.url}/api/v1/products/{product['id']}", timeout=10).ok
+    finally:
+        lxc("start", instance("redis"))
+    stack.wait_ready()
+
+
+def test_replica_down_reads_fall_back_to_the_primary(stack):
+    _, product = new_product(stack)
+    lxc("stop", instance("pg-replica"))
+    try:
+        body = stack.wait_ready(expect="degraded")
+        assert body["checks"]["replica"]["status"] == "down"
+        response = requests.get(f"{stack.url}/api/v2/products/{product['id']}", timeout=15)
+        assert response.status_code == 200, response.text
+        listing = requests.get(f"{stack.url}/api/v1/products?limit=3", timeout=15)
+        assert listing.status_code == 200, listing.text
+    finally:
+        lxc("start", instance("pg-replica"))
+    stack.wait_ready()
+
+
+def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
+    session, product = new_product(stack, stock=1000)
+    acknowledged = []
+    for _ in range(20):
+        response = session.post(
+            f"{stack.url}/api/v1/orders",
+            json={"items": [{"product_id": product["id"], "quantity": 1}]},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        acknowledged.append(response.json()["id"])
+
+    lxc("stop", instance("pg-primary"))
+    playbook("promote.yml")
+
+    body = stack.wait_ready()
+    assert body["checks"]["primary"]["status"] == "ok"
+    assert psql("pg-replica", "SELECT pg_is_in_recovery()") == "f"
+    ids = ",".join(str(int(order_id)) for order_id in acknowledged)
+    query = f"SELECT count(*) FROM orders WHERE id IN ({ids})"  # noqa: S608 - ints
+    assert psql("pg-replica", query) == str(len(acknowledged))
+    for order_id in acknowledged:
+        response = requests.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
+        assert response.status_code == 200, response.text
+    _, after = new_product(stack)
+    assert requests.get(f"{stack.url}/api/v1/products/{after['id']}", timeout=10).ok
