@@ -10,13 +10,14 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS))
+TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
-.PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles up down \
+.PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
+	up down deploy promote \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 setup: ## Install and start everything a fresh machine needs (idempotent, cached)
 	@bash scripts/setup.sh
@@ -54,6 +55,16 @@ up: setup ## Bring the whole stack up locally and print its URL (FF_STACK, FF_HT
 
 down: ## Remove everything make up made
 	@bash scripts/stack.sh down
+
+deploy: ## Rolling release to the local stack: make deploy RELEASE=<version>
+	@test -n "$(RELEASE)" || { echo "usage: make deploy RELEASE=<version>" >&2; exit 2; }
+	@bash scripts/stack.sh ansible-playbook deploy.yml -e app_release=$(RELEASE)
+
+promote: ## Fail over: promote the replica, repoint the app
+	@bash scripts/stack.sh ansible-playbook promote.yml
+
+test-stack: ## End to end through 127.0.0.1 on a stack of its own (fft)
+	python -m pytest tests/stack -q -p no:cacheprovider
 
 # The VMs (LXD) of the developer's stack `ff` - the one `make up` configures,
 # in the same OpenTofu workspace - without configuring them. Extra variables
