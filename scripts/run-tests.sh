@@ -1,30 +1,58 @@
 #!/usr/bin/env bash
-# Runs test suites one after another, keeps going past a failure, prints a
+# Runs test suites, FF_TEST_JOBS at a time (default 2: most suites wait on
+# apt and containers, not on the CPU), keeps going past a failure, prints a
 # table and closes with one summary line. A suite is a make target test-NAME,
-# except molecule:NAME, which is `molecule test -s NAME`.
+# except molecule:NAME, which is `molecule test -s NAME`. Each suite's output
+# goes to .test-logs/<suite>.log; a failed suite's tail is printed.
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
 
-results=()
-passed=0
-failed=0
-for suite in "$@"; do
-  log "suite $suite"
-  begin=$SECONDS
+jobs=${FF_TEST_JOBS:-2}
+logs="$FF_ROOT/.test-logs"
+rm -rf "$logs"
+mkdir -p "$logs"
+export PATH="$FF_ROOT/.venv/bin:$FF_ROOT/.tools:$PATH"
+
+run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
+  local suite=$1 file=${1//:/-} begin=$SECONDS cmd status
   case "$suite" in
-    molecule:*) cmd=(.venv/bin/molecule test -s "${suite#molecule:}") ;;
+    molecule:*) cmd=(molecule test -s "${suite#molecule:}") ;;
     *) cmd=(make --no-print-directory "test-$suite") ;;
   esac
-  if PATH="$FF_ROOT/.venv/bin:$FF_ROOT/.tools:$PATH" "${cmd[@]}"; then
-    status=PASS; passed=$((passed + 1))
-  else
-    status=FAIL; failed=$((failed + 1))
-  fi
-  results+=("$(printf '%-4s %5ss  %s' "$status" $((SECONDS - begin)) "$suite")")
-done
+  log "start  $suite"
+  if "${cmd[@]}" >"$logs/$file.log" 2>&1 </dev/null; then status=PASS; else status=FAIL; fi
+  printf '%s %s %s\n' "$status" $((SECONDS - begin)) "$suite" >"$logs/$file.result"
+  log "$status   $suite ($((SECONDS - begin)) s)"
+}
+export -f run_suite log
+export logs
 
+# The stack suite brings a whole stack up: it runs alone, after the rest.
+parallel=() serial=()
+for suite in "$@"; do
+  if [ "$suite" = stack ]; then serial+=("$suite"); else parallel+=("$suite"); fi
+done
+printf '%s\n' "${parallel[@]}" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
+for suite in "${serial[@]}"; do run_suite "$suite"; done
+
+passed=0
+failed=0
 echo
-echo "---- test suites ----"
-printf '%s\n' "${results[@]}"
+echo "---- test suites ($jobs at a time; logs in .test-logs/) ----"
+for suite in "$@"; do
+  file=${suite//:/-}
+  read -r status seconds _ <"$logs/$file.result" || { status=FAIL; seconds=0; }
+  if [ "$status" = PASS ]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "==== $suite failed; last lines of .test-logs/$file.log:"
+    tail -n 120 "$logs/$file.log"
+    echo "===="
+  fi
+  # The suite's own count, where its runner prints one (pytest, molecule's verifier).
+  counts=$(grep -aoE '[0-9]+ passed[^=]*' "$logs/$file.log" 2>/dev/null | tail -n 1 || true)
+  printf '%-4s %5ss  %-22s %s\n' "$status" "$seconds" "$suite" "$counts"
+done
 echo "suites: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
