@@ -29,7 +29,7 @@ fallback_terraform() {
   local venv="$FF_CACHE/terraform-fallback" bin
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q "$TERRAFORM_FALLBACK_PIP"
-  bin=$(find "$venv" -type f -name terraform -perm -u+x | grep -v '/bin/terraform$' | head -n 1)
+  bin=$(find "$venv" -type f -name terraform -perm -u+x | grep -v "/bin/terraform$" | sed -n 1p)
   [ -n "$bin" ] || bin="$venv/bin/terraform"
   echo "$bin"
 }
@@ -94,5 +94,5 @@ for namespace in hashicorp terraform-lxd; do
   ln -sfn "$mirror/registry.opentofu.org/$namespace" "$mirror/registry.terraform.io/$namespace"
 done
 ln -sfn "$mirror" "$tools/providers"
-version=$(TF_CLI_CONFIG_FILE="$FF_ROOT/terraform/cli.tfrc" "$tools/tofu" version | head -n 1)
+version=$(TF_CLI_CONFIG_FILE="$FF_ROOT/terraform/cli.tfrc" "$tools/tofu" version | sed -n 1p)
 log "toolchain: $version (providers resolved from $registry)"
