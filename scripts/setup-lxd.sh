@@ -15,11 +15,15 @@ LXD_LOG=/var/log/flaskfleet-lxd.log
 # dnsmasq-base is only recommended by lxd, but managed bridges need it for DHCP.
 apt_ensure lxd lxd-client dnsmasq-base
 
-if ! timeout 10 lxc query /1.0 >/dev/null 2>&1; then
+# A daemon that is only slow to answer is waited for, never started twice. Its
+# own session (setsid) keeps it alive when the shell that started it ends;
+# it must not inherit the setup lock (fd 9), or the next setup waits forever.
+# (Match the daemon's command line: its forkproxy helpers are also named lxd.)
+if ! pgrep -f 'lxd --group' >/dev/null; then
   log "starting lxd (log: $LXD_LOG)"
-  nohup lxd --group lxd --logfile="$LXD_LOG" >>"$LXD_LOG.out" 2>&1 &
-  timeout 60 lxd waitready || { tail -n 30 "$LXD_LOG" >&2; die "lxd did not answer within 60 s"; }
+  setsid nohup lxd --group lxd --logfile="$LXD_LOG" >>"$LXD_LOG.out" 2>&1 9>&- &
 fi
+timeout 60 lxd waitready || { tail -n 30 "$LXD_LOG" >&2; die "lxd did not answer within 60 s"; }
 
 lxc storage show default >/dev/null 2>&1 || lxc storage create default dir >/dev/null
 lxc network show lxdbr0 >/dev/null 2>&1 ||

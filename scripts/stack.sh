@@ -9,12 +9,19 @@
 #                 inventory/ with the same group_vars, so a test stack never
 #                 touches the developer's.
 #   FF_HTTP_PORT  port on 127.0.0.1 that reaches the load balancer (default 8080)
+#   FF_NETWORK_CIDR  the stack's bridge subnet (default 10.118.10.0/24 for ff,
+#                 and a /24 in 10.118.11-210.0 derived from the name otherwise)
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
 
 stack=${FF_STACK:-ff}
 export TF_VAR_name=$stack
 export TF_VAR_lb_http_port=${FF_HTTP_PORT:-8080}
+if [ "$stack" = ff ]; then
+  export TF_VAR_network_cidr=${FF_NETWORK_CIDR:-10.118.10.0/24}
+else
+  export TF_VAR_network_cidr=${FF_NETWORK_CIDR:-10.118.$((11 + $(cksum <<<"$stack" | cut -d' ' -f1) % 200)).0/24}
+fi
 export TF_WORKSPACE=$stack
 url="http://127.0.0.1:$TF_VAR_lb_http_port"
 state=.secrets/$stack
@@ -30,6 +37,18 @@ tf_admin() { env -u TF_WORKSPACE tofu -chdir=terraform/environments/local "$@"; 
 has_workspace() { tf_admin workspace list | sed 's/^[* ]*//' | grep -qx "$stack"; }
 step() { log "[$1/4] $2"; }
 
+# filtered PATTERN CMD...: run CMD, show its progress lines matching PATTERN on
+# stderr, pass its whole output on to stdout; exit with CMD's status.
+filtered() {
+  local pattern=$1 status
+  shift
+  set +o pipefail
+  "$@" | tee >(grep --line-buffered -E "$pattern" >&2)
+  status=${PIPESTATUS[0]}
+  set -o pipefail
+  return "$status"
+}
+
 playbook() {
   ansible-playbook -i "$inventory" --vault-password-file "$state/vault-password" -e "@$state/vault.yml" "$@"
 }
@@ -39,9 +58,10 @@ up() {
   step 1 "VMs: tofu apply, workspace $stack (LXD system containers)"
   tf_admin init -input=false >/dev/null
   has_workspace || tf_admin workspace new "$stack" >/dev/null
-  tf apply -input=false -auto-approve -compact-warnings -no-color |
-    grep --line-buffered -E ': Creation complete|^(Apply complete|No changes)|Error' || true
-  [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu apply failed"
+  mkdir -p "$state"
+  filtered 'Creation complete|^(Apply complete|No changes)|Error' \
+    tf apply -input=false -auto-approve -compact-warnings -no-color >"$state/tofu.log" ||
+    die "tofu apply failed: see $state/tofu.log"
   mkdir -p "$inventory"
   [ "$stack" = ff ] || ln -sfn "$FF_ROOT/inventories/local/group_vars" "$inventory/group_vars"
   tf output -json ansible_inventory >"$inventory/hosts.json.partial"
@@ -51,9 +71,8 @@ up() {
   bash scripts/secrets.sh "$stack" >/dev/null
 
   step 3 "configure: ansible-playbook site.yml (full log: $state/site.log)"
-  playbook site.yml | tee "$state/site.log" |
-    grep --line-buffered -E '^(PLAY|TASK) \[|^(changed|fatal|failed):' || true
-  [ "${PIPESTATUS[0]}" -eq 0 ] || die "site.yml failed: see $state/site.log"
+  filtered '^(PLAY|TASK) \[|^(changed|fatal|failed):' playbook site.yml >"$state/site.log" ||
+    die "site.yml failed: see $state/site.log"
   sed -n '/^PLAY RECAP/,/^$/p' "$state/site.log"
 
   step 4 "smoke check through the load balancer"
@@ -77,9 +96,8 @@ down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
   tf_admin init -input=false >/dev/null
   if has_workspace; then
-    tf destroy -input=false -auto-approve -compact-warnings -no-color |
-      grep --line-buffered -E ': Destruction complete|^Destroy complete|Error' || true
-    [ "${PIPESTATUS[0]}" -eq 0 ] || die "tofu destroy failed"
+    filtered 'Destruction complete|^Destroy complete|Error' \
+      tf destroy -input=false -auto-approve -compact-warnings -no-color >/dev/null || die "tofu destroy failed"
     tf_admin workspace select default >/dev/null
     tf_admin workspace delete "$stack" >/dev/null
   fi
