@@ -184,7 +184,10 @@ def test_inventory_has_every_group_with_addresses(stack, tmp_path):
         assert f"@{group}:" in graph, graph
     # The connection settings resolve as Ansible will use them (debug runs on
     # the controller, so nothing connects to moto's fake addresses).
-    debug = "msg={{ inventory_hostname }}|{{ ansible_user }}|{{ ansible_ssh_common_args }}"
+    debug = (
+        "msg={{ inventory_hostname }}|{{ ansible_user }}|{{ ansible_ssh_common_args }}"
+        "|admin={{ common_admin_cidrs | join(',') }}"
+    )
     result = run(
         [VENV_BIN / "ansible", "all", "-i", inventory_dir, "-m", "debug", "-a", debug],
         env=ansible_env(),
@@ -195,6 +198,8 @@ def test_inventory_has_every_group_with_addresses(stack, tmp_path):
             line = next(line for line in result.stdout.splitlines() if f'"{name}|' in line)
             assert f"{name}|admin|" in line, line
             assert ("ProxyJump=admin@" + bastion in line) == (group != "lb"), line
+            # The common role's firewall admits SSH from Terraform's admin_cidrs.
+            assert "|admin=203.0.113.0/24" in line, line
 
 
 def test_destroy_removes_everything(stack, ec2):

@@ -140,5 +140,7 @@ module "inventory" {
     flaskfleet_environment = var.name
     flaskfleet_bastion     = module.lb.hosts[0].public_ip
     flaskfleet_lb_url      = "http://${module.lb.hosts[0].public_ip}"
+    # The common role's firewall admits SSH from these (comma-separated).
+    flaskfleet_admin_cidrs = join(",", var.admin_cidrs)
   }
 }
