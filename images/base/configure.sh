@@ -47,6 +47,8 @@ DHCP=ipv4
 NET
 ln -sf /lib/systemd/system/systemd-networkd.service /etc/systemd/system/multi-user.target.wants/systemd-networkd.service
 
-echo "flaskfleet" >/etc/hostname
+# No hostname of the image's own: systemd keeps the one Docker or LXD gives the
+# instance (its name), so every VM names itself in logs and headers.
+rm -f /etc/hostname
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log /tmp/* /var/tmp/*
