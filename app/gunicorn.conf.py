@@ -8,11 +8,22 @@ PROMETHEUS_MULTIPROC_DIR for metrics summed over workers.
 systemd: with a .socket unit Gunicorn adopts the passed sockets (LISTEN_FDS) itself, and with
 Type=notify it reports READY=1 on NOTIFY_SOCKET itself; HUP (ExecReload) re-reads this file
 and replaces the workers, which import the application afresh because preload_app is off.
+
+The master forks every worker, and a worker finds in sys.modules whatever the master imported:
+so this file, run by the master, imports nothing but the standard library and Gunicorn, never
+the flaskfleet package or its dependencies. Otherwise a HUP after a new release would start
+workers running the previous release's code. That is also why the JSON logger is defined here.
 """
 
+import datetime
+import json
+import logging
 import multiprocessing
 import os
+import sys
 from pathlib import Path
+
+from gunicorn import glogging
 
 
 def _env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -57,8 +68,67 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
-logger_class = "flaskfleet.gunicorn_logger.JsonGunicornLogger"
 proc_name = "flaskfleet"
+
+# Attributes every LogRecord has; anything else was passed with extra= and is logged as a field.
+_STANDARD_ATTRIBUTES = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, as flaskfleet.logs writes them: time, level, logger, message
+    and the extra fields (the access log's request_id among them)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class JsonGunicornLogger(glogging.Logger):
+    """The error log and the access log as JSON lines; access_log_format is not used."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        pairs = resp.headers.items() if hasattr(resp.headers, "items") else resp.headers
+        headers = {name.lower(): value for name, value in pairs}
+        self.access_log.log(
+            logging.INFO,
+            "request",
+            extra={
+                "remote_addr": environ.get("REMOTE_ADDR"),
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "query": environ.get("QUERY_STRING") or None,
+                "status": int(status),
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "user_agent": environ.get("HTTP_USER_AGENT"),
+                "request_id": headers.get("x-request-id"),
+            },
+        )
+
+
+# The class itself rather than its dotted name: a name would have the master import its module.
+logger_class = JsonGunicornLogger
 
 
 def _multiproc_dir() -> Path | None:
@@ -75,9 +145,24 @@ def on_starting(server):
             stale.unlink()
 
 
+def post_worker_init(worker):
+    """Log which files the worker loaded the application from (after a release switch: the new
+    release's, or the reload did not take)."""
+    module = sys.modules.get(wsgi_app.partition(":")[0])
+    worker.log.info(
+        "application loaded",
+        extra={"worker_pid": worker.pid, "app_file": getattr(module, "__file__", None)},
+    )
+
+
+# prometheus_client's multiprocess.mark_process_dead, without importing prometheus_client into
+# the master (see the top): the files of the "live" gauge modes are the dead worker's alone.
+_LIVE_GAUGE_MODES = ("liveall", "livemin", "livemax", "livesum", "livemostrecent")
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges (pool usage) from the multiprocess metrics."""
-    if _multiproc_dir() is not None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)
+    directory = _multiproc_dir()
+    if directory is not None:
+        for mode in _LIVE_GAUGE_MODES:
+            (directory / f"gauge_{mode}_{worker.pid}.db").unlink(missing_ok=True)

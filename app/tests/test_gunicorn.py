@@ -1,5 +1,6 @@
 """The real service under Gunicorn with the shipped gunicorn.conf.py: plain bind and systemd
-socket activation, readiness notification, HUP reload, multiprocess metrics, JSON access log."""
+socket activation, readiness notification, HUP reload, multiprocess metrics, JSON access log,
+and a master that imports nothing of the application."""
 
 from __future__ import annotations
 
@@ -132,7 +133,54 @@ def test_gunicorn_bind_ready_notify_metrics_and_hup(app_env, clean_state, tmp_pa
     ]
     assert any(entry["request_id"] == "after-hup" and entry["status"] == 200 for entry in access)
     assert all(entry["method"] == "GET" and "duration_ms" in entry for entry in access)
+    assert all((entry["logger"], entry["level"]) == ("gunicorn.access", "info") for entry in access)
+    # Each worker, the two after the HUP included, logs where it loaded the application from.
+    loaded = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and '"message": "application loaded"' in line
+    ]
+    assert len(loaded) == 4, loaded
+    assert {entry["app_file"] for entry in loaded} == {
+        str(APP_DIR / "src" / "flaskfleet" / "wsgi.py")
+    }
     notify.close()
+
+
+def test_gunicorn_master_imports_nothing_of_the_application(app_env, tmp_path):
+    """Workers are forked from the master and reuse what it imported: were the flaskfleet package
+    (or a dependency of it) imported there, a HUP after a release switch would keep serving the
+    previous release's code. Loading the config, the logger and the worker class as the master
+    does must import only the standard library and Gunicorn."""
+    script = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "from gunicorn.app.wsgiapp import WSGIApplication\n"
+        "from gunicorn.arbiter import Arbiter\n"
+        f"sys.argv = ['gunicorn', '-c', {str(CONF)!r}]\n"
+        "arbiter = Arbiter(WSGIApplication())\n"
+        "arbiter.log.info('configured')\n"
+        "arbiter.cfg.child_exit(arbiter, type('Worker', (), {'pid': 1})())\n"
+        "print(json.dumps({'modules': sorted(set(sys.modules) - before),\n"
+        "                  'logger': type(arbiter.log).__name__}))\n"
+    )
+    env = gunicorn_env(app_env, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["logger"] == "JsonGunicornLogger"
+    allowed = sys.stdlib_module_names | {"gunicorn", "__config__", "__mp_main__"}
+    foreign = {name for name in report["modules"] if name.split(".")[0] not in allowed}
+    assert not foreign, foreign
+    logged = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (logged["logger"], logged["message"]) == ("gunicorn.error", "configured")
 
 
 def test_gunicorn_adopts_systemd_socket_and_keeps_it_over_hup(app_env, clean_state, tmp_path):

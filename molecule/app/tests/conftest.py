@@ -32,9 +32,9 @@ def diagnostics(host):
     return f"\n--- journalctl -u flaskfleet.service -u flaskfleet.socket:\n{journal}"
 
 
-def http_get(host, url):
+def http_get(host, url, max_time=5):
     """GET url from the host itself; returns (status, headers with lower-case names, body)."""
-    result = host.run(f"curl -sS --max-time 5 --include {url}")
+    result = host.run(f"curl -sS --max-time {max_time} --include {url}")
     if result.rc != 0:
         return 0, {}, result.stderr
     head, _, body = result.stdout.partition("\r\n\r\n")
