@@ -145,7 +145,8 @@ class Load:
 
     @property
     def failed(self) -> int:
-        return len(self.errors) + sum(n for status, n in self.statuses.items() if status >= 500)
+        """Every request that did not get a 200: errors, 5xx, and 429s too."""
+        return len(self.errors) + sum(n for status, n in self.statuses.items() if status != 200)
 
     def summary(self) -> str:
         return json.dumps(
