@@ -13,6 +13,9 @@
 #                 and a /24 in 10.118.11-210.0 derived from the name otherwise)
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
+# The same tools make uses, so the script also runs on its own.
+export PATH="$FF_ROOT/.venv/bin:$FF_ROOT/.tools:$PATH"
+export TF_CLI_CONFIG_FILE="$FF_ROOT/terraform/cli.tfrc" ANSIBLE_CONFIG="$FF_ROOT/ansible.cfg"
 
 stack=${FF_STACK:-ff}
 export TF_VAR_name=$stack
