@@ -13,7 +13,7 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
 .PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
-	up down deploy promote \
+	up down deploy promote bench \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
@@ -56,6 +56,10 @@ up: setup ## Bring the whole stack up locally and print its URL (FF_STACK, FF_HT
 down: ## Remove everything make up made
 	@bash scripts/stack.sh down
 
+BENCH_ARGS ?=
+bench: setup ## Benchmarks on a stack of their own (ffb, 127.0.0.1:8093): bench/results/<date>.{json,md,png}
+	@bash scripts/bench.sh $(BENCH_ARGS)
+
 deploy: ## Rolling release to the local stack: make deploy RELEASE=<version>
 	@test -n "$(RELEASE)" || { echo "usage: make deploy RELEASE=<version>" >&2; exit 2; }
 	@bash scripts/stack.sh ansible-playbook deploy.yml -e app_release=$(RELEASE)
@@ -69,19 +73,11 @@ test-stack: ## End to end through 127.0.0.1 on a stack of its own (fft)
 # The VMs (LXD) of the developer's stack `ff` - the one `make up` configures,
 # in the same OpenTofu workspace - without configuring them. Extra variables
 # pass through, e.g. make tf-apply-local TF_ARGS='-var app_count=3'.
-TF_LOCAL := tofu -chdir=terraform/environments/local
-TF_ARGS  ?=
+TF_ARGS ?=
 
 tf-apply-local: setup ## Create the ff stack's VMs (LXD) and write inventories/local/hosts.json
-	@env -u TF_WORKSPACE $(TF_LOCAL) init -input=false >/dev/null
-	@env -u TF_WORKSPACE $(TF_LOCAL) workspace select -or-create ff >/dev/null
-	TF_WORKSPACE=ff $(TF_LOCAL) apply -input=false -auto-approve $(TF_ARGS)
-	@TF_WORKSPACE=ff $(TF_LOCAL) output -json ansible_inventory >inventories/local/hosts.json.partial
-	@mv inventories/local/hosts.json.partial inventories/local/hosts.json
+	@bash scripts/stack.sh apply $(TF_ARGS)
 	@ansible-inventory -i inventories/local --graph
 
 tf-destroy-local: ## Remove the ff stack's VMs, network, profile and inventories/local/hosts.json
-	@env -u TF_WORKSPACE $(TF_LOCAL) init -input=false >/dev/null
-	@env -u TF_WORKSPACE $(TF_LOCAL) workspace select -or-create ff >/dev/null
-	TF_WORKSPACE=ff $(TF_LOCAL) destroy -input=false -auto-approve $(TF_ARGS)
-	@rm -f inventories/local/hosts.json
+	@bash scripts/stack.sh destroy $(TF_ARGS)

@@ -2,6 +2,8 @@
 # A stack's secrets, generated on its first run and never printed:
 #   .secrets/<stack>/vault-password   random, mode 0600
 #   .secrets/<stack>/vault.yml        ansible-vault encrypted; playbooks load it with -e @
+#   .secrets/<stack>/ssh/id_ed25519   the stack's admin key pair (Ansible's SSH login;
+#                                     the public half goes to the instances)
 # (.secrets/ is gitignored.)
 # The vault file sets the roles' secret variables directly; where two roles
 # share a secret (the app's database password is PostgreSQL's app password),
@@ -45,4 +47,7 @@ PY
   "$FF_ROOT/.venv/bin/ansible-vault" encrypt --vault-password-file "$password_file" \
     --output "$vault_file" "$plain" >/dev/null
 fi
+mkdir -p "$secret_dir/ssh"
+[ -s "$secret_dir/ssh/id_ed25519" ] ||
+  ssh-keygen -q -t ed25519 -N '' -C "flaskfleet-$stack-admin" -f "$secret_dir/ssh/id_ed25519"
 echo "$secret_dir"

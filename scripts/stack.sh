@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole stack on this machine: `stack.sh up` (make up), `stack.sh down`
-# (make down), `stack.sh smoke`, `stack.sh ansible-playbook ARGS...` (a
-# playbook against the stack with its inventory and secrets).
+# (make down), `stack.sh apply|destroy [TOFU_ARGS]` (the VMs only: make
+# tf-apply-local, tf-destroy-local), `stack.sh smoke`, `stack.sh
+# ansible-playbook ARGS...` (a playbook against the stack with its inventory
+# and secrets). Ansible logs in over SSH with the stack's own key
+# (.secrets/<stack>/ssh/).
 #
 #   FF_STACK      name of the stack: instance-name prefix and OpenTofu
 #                 workspace (default ff). The ff stack's inventory is
@@ -38,7 +41,7 @@ tf() { tofu -chdir=terraform/environments/local "$@"; }
 # worked on side by side; init and workspace management need it unset.
 tf_admin() { env -u TF_WORKSPACE tofu -chdir=terraform/environments/local "$@"; }
 has_workspace() { tf_admin workspace list | sed 's/^[* ]*//' | grep -qx "$stack"; }
-step() { log "[$1/4] $2"; }
+step() { log "[$1/3] $2"; }
 
 # filtered PATTERN CMD...: run CMD, show its progress lines matching PATTERN on
 # stderr, pass its whole output on to stdout; exit with CMD's status.
@@ -56,29 +59,60 @@ playbook() {
   ansible-playbook -i "$inventory" --vault-password-file "$state/vault-password" -e "@$state/vault.yml" "$@"
 }
 
-up() {
-  local start=$SECONDS
-  step 1 "VMs: tofu apply, workspace $stack (LXD system containers)"
+admin_key() {
+  export TF_VAR_admin_ssh_public_key
+  TF_VAR_admin_ssh_public_key=$(cat "$state/ssh/id_ed25519.pub")
+}
+
+# vms [TOFU_ARGS...]: the stack's VMs, its inventory and its known_hosts.
+vms() {
+  bash scripts/secrets.sh "$stack" >/dev/null
+  admin_key
   tf_admin init -input=false >/dev/null
   has_workspace || tf_admin workspace new "$stack" >/dev/null
-  mkdir -p "$state"
   filtered 'Creation complete|^(Apply complete|No changes)|Error' \
-    tf apply -input=false -auto-approve -compact-warnings -no-color >"$state/tofu.log" ||
+    tf apply -input=false -auto-approve -compact-warnings -no-color "$@" >"$state/tofu.log" ||
     die "tofu apply failed: see $state/tofu.log"
   mkdir -p "$inventory"
   [ "$stack" = ff ] || ln -sfn "$FF_ROOT/inventories/local/group_vars" "$inventory/group_vars"
   tf output -json ansible_inventory >"$inventory/hosts.json.partial"
   mv "$inventory/hosts.json.partial" "$inventory/hosts.json"
+  bash scripts/known-hosts.sh "$inventory/hosts.json" >"$state/ssh/known_hosts.partial"
+  mv "$state/ssh/known_hosts.partial" "$state/ssh/known_hosts"
+}
 
-  step 2 "secrets (generated once per stack, ansible-vault encrypted in $state)"
-  bash scripts/secrets.sh "$stack" >/dev/null
+# destroy_vms [TOFU_ARGS...]: remove the VMs, network and profile; keep secrets.
+destroy_vms() {
+  tf_admin init -input=false >/dev/null
+  has_workspace || return 0
+  if [ -s "$state/ssh/id_ed25519.pub" ]; then
+    admin_key
+  else # destroy needs every variable set; with the stack's key lost, any key does
+    local throwaway
+    throwaway=$(mktemp -d)
+    ssh-keygen -q -t ed25519 -N '' -f "$throwaway/key"
+    export TF_VAR_admin_ssh_public_key
+    TF_VAR_admin_ssh_public_key=$(cat "$throwaway/key.pub")
+    rm -rf "$throwaway"
+  fi
+  filtered 'Destruction complete|^Destroy complete|Error' \
+    tf destroy -input=false -auto-approve -compact-warnings -no-color "$@" >/dev/null || die "tofu destroy failed"
+  tf_admin workspace select default >/dev/null
+  tf_admin workspace delete "$stack" >/dev/null
+  rm -f "$inventory/hosts.json" "$state/ssh/known_hosts"
+}
 
-  step 3 "configure: ansible-playbook site.yml (full log: $state/site.log)"
+up() {
+  local start=$SECONDS
+  step 1 "VMs: tofu apply, workspace $stack (LXD system containers); secrets and SSH key in $state"
+  vms
+
+  step 2 "configure: ansible-playbook site.yml over SSH (full log: $state/site.log)"
   filtered '^(PLAY|TASK) \[|^(changed|fatal|failed):' playbook site.yml >"$state/site.log" ||
     die "site.yml failed: see $state/site.log"
   sed -n '/^PLAY RECAP/,/^$/p' "$state/site.log"
 
-  step 4 "smoke check through the load balancer"
+  step 3 "smoke check through the load balancer"
   smoke
   log "flaskfleet is up (${stack}, $((SECONDS - start)) s)"
   echo "$url/api/v1/products"
@@ -97,20 +131,16 @@ smoke() {
 
 down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
-  tf_admin init -input=false >/dev/null
-  if has_workspace; then
-    filtered 'Destruction complete|^Destroy complete|Error' \
-      tf destroy -input=false -auto-approve -compact-warnings -no-color >/dev/null || die "tofu destroy failed"
-    tf_admin workspace select default >/dev/null
-    tf_admin workspace delete "$stack" >/dev/null
-  fi
+  destroy_vms
   rm -rf "$inventory/hosts.json" "$state"
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  apply) shift; vms "$@" ;;
+  destroy) shift; destroy_vms "$@" ;;
   smoke) smoke ;;
   ansible-playbook) shift; playbook "$@" ;;
-  *) die "usage: stack.sh up|down|smoke|ansible-playbook ARGS..." ;;
+  *) die "usage: stack.sh up|down|apply [TOFU_ARGS]|destroy [TOFU_ARGS]|smoke|ansible-playbook ARGS..." ;;
 esac

@@ -34,6 +34,16 @@ WantedBy=multi-user.target
 UNIT
 ln -sf /etc/systemd/system/ssh-host-keys.service /etc/systemd/system/multi-user.target.wants/ssh-host-keys.service
 
+# The administrator account, as on Debian's cloud images: `admin`, uid 1000, no
+# password, sudo without one. Its authorized key comes from outside the image
+# (the LXD instance's file push, EC2's key pair), so the image admits nobody
+# by itself; SSH as root stays off.
+useradd --create-home --uid 1000 --user-group --groups sudo --shell /bin/bash admin
+passwd --lock admin
+install -d -m 0700 -o 1000 -g 1000 /home/admin/.ssh
+echo 'admin ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/90-admin
+chmod 0440 /etc/sudoers.d/90-admin
+
 # LXD hands out addresses by DHCP; Docker configures eth0 itself, so the match
 # on the virtualization type keeps networkd away from Docker's interface.
 mkdir -p /etc/systemd/network

@@ -1,6 +1,6 @@
 """terraform/environments/local on this machine's LXD: apply gives systemd
 containers on a bridge of the stack's own, an inventory Ansible reads and
-reaches every host through, the load balancer's HTTP port on 127.0.0.1 only;
+reaches every host through over SSH, the load balancer's HTTP port on 127.0.0.1 only;
 destroy leaves nothing behind. The stack gets a name, subnet and port of its
 own, so a developer's running stack is not touched."""
 
@@ -51,15 +51,19 @@ def hosts_of(inventory):
 
 
 class Stack:
-    def __init__(self, tofu):
+    def __init__(self, tofu, ssh_dir):
         self.tofu = tofu
         self.name = f"pt-{uuid.uuid4().hex[:6]}"
         self.cidr = free_subnet()
         self.port = free_port()
+        self.ssh_dir = ssh_dir
+        keygen = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ssh_dir / "id_ed25519"])
+        assert keygen.returncode == 0, keygen.stderr
         self.vars = [
             *("-var", f"name={self.name}"),
             *("-var", f"network_cidr={self.cidr}"),
             *("-var", f"lb_http_port={self.port}"),
+            *("-var", f"admin_ssh_public_key={(ssh_dir / 'id_ed25519.pub').read_text()}"),
         ]
         self.inventory = None
         self.destroyed = False
@@ -89,12 +93,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tofu_for):
+def stack(tofu_for, tmp_path_factory):
     probe = run(["lxc", "query", "/1.0"], timeout=30)
     assert probe.returncode == 0, f"LXD does not answer (run `make setup`): {probe.stderr}"
     tofu = tofu_for("local")
     tofu.init()
-    stack = Stack(tofu)
+    stack = Stack(tofu, tmp_path_factory.mktemp("ssh"))
     try:
         tofu("apply", "-auto-approve", "-input=false", *stack.vars, timeout=600)
         stack.inventory = tofu.inventory()
@@ -125,9 +129,12 @@ def test_inventory_has_every_group_and_host_variable(stack):
     subnet = ipaddress.ip_network(stack.cidr)
     for name, host_vars in hosts.items():
         assert name.startswith(f"{stack.name}-")
-        assert host_vars["ansible_host"] == name
+        assert host_vars["ansible_host"] == host_vars["private_ip"]
         assert ipaddress.ip_address(host_vars["private_ip"]) in subnet
-    assert stack.inventory["all"]["vars"]["flaskfleet_environment"] == stack.name
+    inventory_vars = stack.inventory["all"]["vars"]
+    assert inventory_vars["flaskfleet_environment"] == stack.name
+    # The host's address on the bridge: the admin network the firewall lets SSH in from.
+    assert inventory_vars["flaskfleet_admin_cidrs"] == f"{subnet[1]}/32"
 
 
 def test_instances_run_systemd_on_the_stacks_own_network(stack):
@@ -157,20 +164,54 @@ def test_ansible_inventory_graph_shows_every_group(stack, inventory_dir):
     listed = json.loads(ansible_inventory(inventory_dir, "--list"))
     for name, host_vars in hosts_of(stack.inventory).items():
         seen = listed["_meta"]["hostvars"][name]
-        assert seen["ansible_host"] == name
+        assert seen["ansible_host"] == host_vars["private_ip"]
         assert seen["private_ip"] == host_vars["private_ip"]
-        assert seen["ansible_connection"] == "community.general.lxd"
+        assert seen["ansible_connection"] == "ansible.builtin.ssh"
+        assert seen["ansible_user"] == "admin"
 
 
-def test_ansible_pings_every_host_through_lxd(stack, inventory_dir):
+def test_ansible_reaches_every_host_over_ssh_as_admin_with_sudo(stack, inventory_dir):
+    """known_hosts comes from the host keys read through LXD, so SSH checks them strictly."""
+    known_hosts = run(["bash", "scripts/known-hosts.sh", inventory_dir / "hosts.json"], timeout=600)
+    assert known_hosts.returncode == 0, known_hosts.stderr
+    (stack.ssh_dir / "known_hosts").write_text(known_hosts.stdout)
+    assert len(known_hosts.stdout.splitlines()) == len(hosts_of(stack.inventory))
     result = run(
-        [VENV_BIN / "ansible", "all", "-i", inventory_dir, "-m", "ansible.builtin.ping"],
+        [
+            *(VENV_BIN / "ansible", "all", "-i", inventory_dir, "--become"),
+            *("-e", f"flaskfleet_ssh_dir={stack.ssh_dir}"),
+            *("-m", "ansible.builtin.command", "-a", "id -un"),
+        ],
         env=ansible_env(),
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for name in hosts_of(stack.inventory):
-        assert f"{name} | SUCCESS" in result.stdout, result.stdout
+        assert f"{name} | CHANGED | rc=0 >>\nroot" in result.stdout, result.stdout
+
+
+def test_ssh_refuses_an_unknown_host_key(stack, inventory_dir):
+    """A host whose key is not the one LXD reported is refused, not trusted on first use."""
+    lb = f"{stack.name}-lb"
+    lb_ip = hosts_of(stack.inventory)[lb]["private_ip"]
+    impostor = stack.ssh_dir / "impostor_host_key"
+    keygen = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", impostor])
+    assert keygen.returncode == 0, keygen.stderr
+    key_type, key = impostor.with_suffix(".pub").read_text().split()[:2]
+    (stack.ssh_dir / "known_hosts").write_text(f"{lb_ip} {key_type} {key}\n")
+    result = run(
+        [
+            *(VENV_BIN / "ansible", lb, "-i", inventory_dir),
+            *("-e", f"flaskfleet_ssh_dir={stack.ssh_dir}"),
+            *("-m", "ansible.builtin.ping"),
+        ],
+        # A fresh connection: the previous test's persistent one would skip the check.
+        env={**ansible_env(), "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPath=none"},
+        timeout=120,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "UNREACHABLE" in result.stdout, result.stdout
+    assert "Host key verification failed" in result.stdout + result.stderr, result.stdout
 
 
 def test_lb_http_port_is_published_on_localhost_only(stack):

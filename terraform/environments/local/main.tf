@@ -26,11 +26,12 @@ module "profile" {
 module "lb" {
   source = "../../modules/lxd-instances"
 
-  instances  = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
-  image      = var.image
-  network    = module.network.name
-  nameserver = module.network.gateway
-  profile    = module.profile.name
+  instances             = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
   proxy_devices = [{
     name    = "http"
     listen  = "tcp:127.0.0.1:${var.lb_http_port}"
@@ -41,45 +42,50 @@ module "lb" {
 module "app" {
   source = "../../modules/lxd-instances"
 
-  instances  = local.app_instances
-  image      = var.image
-  network    = module.network.name
-  nameserver = module.network.gateway
-  profile    = module.profile.name
+  instances             = local.app_instances
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
 module "redis" {
   source = "../../modules/lxd-instances"
 
-  instances  = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
-  image      = var.image
-  network    = module.network.name
-  nameserver = module.network.gateway
-  profile    = module.profile.name
+  instances             = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
 module "pg_primary" {
   source = "../../modules/lxd-instances"
 
-  instances  = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
-  image      = var.image
-  network    = module.network.name
-  nameserver = module.network.gateway
-  profile    = module.profile.name
+  instances             = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
 module "pg_replica" {
   source = "../../modules/lxd-instances"
 
-  instances  = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
-  image      = var.image
-  network    = module.network.name
-  nameserver = module.network.gateway
-  profile    = module.profile.name
+  instances             = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
-# Ansible reaches an instance through LXD (community.general.lxd), so
-# ansible_host is the instance name; see group_vars/all/connection.yml.
+# Ansible connects over SSH as `admin` to the private address, straight from
+# the host (the bridge's gateway, which the firewall admits as the admin
+# network); see inventories/local/group_vars/all/connection.yml.
 module "inventory" {
   source = "../../modules/inventory"
 
@@ -91,12 +97,13 @@ module "inventory" {
       postgres_primary = module.pg_primary.hosts
       postgres_replica = module.pg_replica.hosts
       } : group => [
-      for host in hosts : { name = host.name, ansible_host = host.name, private_ip = host.private_ip }
+      for host in hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }
     ]
   }
 
   vars = {
     flaskfleet_environment = var.name
     flaskfleet_lb_url      = "http://127.0.0.1:${var.lb_http_port}"
+    flaskfleet_admin_cidrs = "${module.network.gateway}/32"
   }
 }

@@ -63,3 +63,13 @@ variable "storage_pool" {
     error_message = "The storage pool must not be empty."
   }
 }
+
+variable "admin_ssh_public_key" {
+  description = "OpenSSH public key (one line) of the stack's administrator: Ansible logs in as `admin` with it. scripts/stack.sh makes one per stack in .secrets/<name>/ssh/."
+  type        = string
+
+  validation {
+    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( [^\\n]*)?$", trimspace(var.admin_ssh_public_key)))
+    error_message = "The admin key must be a single OpenSSH public key line (ssh-ed25519, ssh-rsa or ecdsa-sha2-*), e.g. the contents of id_ed25519.pub."
+  }
+}

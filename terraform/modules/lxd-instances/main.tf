@@ -27,6 +27,16 @@ resource "lxd_container" "this" {
     mode        = "0644"
   }
 
+  # The image's `admin` account (uid 1000) admits the stack's administrator
+  # key: Ansible connects over SSH, as it does to EC2.
+  file {
+    content     = "${join("\n", var.admin_authorized_keys)}\n"
+    target_file = "/home/admin/.ssh/authorized_keys"
+    uid         = 1000
+    gid         = 1000
+    mode        = "0600"
+  }
+
   dynamic "device" {
     for_each = var.proxy_devices
     content {

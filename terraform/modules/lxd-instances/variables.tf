@@ -48,6 +48,16 @@ variable "nameserver" {
   }
 }
 
+variable "admin_authorized_keys" {
+  description = "OpenSSH public keys, one line each, that may log in as the image's `admin` user (sudo without a password)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.admin_authorized_keys) > 0 && alltrue([for key in var.admin_authorized_keys : can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( [^\\n]*)?$", key))])
+    error_message = "Give at least one admin key, each a single OpenSSH public key line (ssh-ed25519, ssh-rsa or ecdsa-sha2-*)."
+  }
+}
+
 variable "profile" {
   description = "The LXD profile every instance uses (modules/lxd-profile): systemd's needs and the root disk."
   type        = string

@@ -1,0 +1,58 @@
+-- wrk script for make bench. Arguments after `--`: MODE THREADS [...], THREADS
+-- being wrk's -t (threads interleave: thread t takes ids FIRST+t, FIRST+t+THREADS...)
+--   get                               GET the URL's path (wrk's default request)
+--   walk FIRST LAST                   GET /api/v1/products/<id>, each request a
+--                                     different id in FIRST..LAST (cache misses
+--                                     while the walk does not wrap)
+--   order FIRST LAST TOKEN NONCE      POST /api/v1/orders, one item of a product
+--                                     in FIRST..LAST, a fresh Idempotency-Key
+--                                     per request
+-- done() prints one line, "WRKJSON {...}", that bench/run.py reads.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+local mode, first, span, token, nonce
+local counter = 0
+local stride
+
+function init(args)
+  mode = args[1] or "get"
+  stride = tonumber(args[2] or "1")
+  first = tonumber(args[3] or "0")
+  span = tonumber(args[4] or "0") - first + 1
+  token = args[5]
+  nonce = args[6]
+end
+
+function request()
+  if mode == "get" then
+    return wrk.request()
+  end
+  local id = first + ((tid + counter * stride) % span)
+  counter = counter + 1
+  if mode == "walk" then
+    return wrk.format("GET", "/api/v1/products/" .. id)
+  end
+  local body = '{"items":[{"product_id":' .. id .. ',"quantity":1}]}'
+  return wrk.format("POST", "/api/v1/orders", {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. token,
+    ["Idempotency-Key"] = nonce .. "-" .. tid .. "-" .. counter,
+  }, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"errors":{"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"p50":%d,"p90":%d,' ..
+    '"p99":%d,"max":%d}}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency.mean, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
