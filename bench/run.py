@@ -87,7 +87,8 @@ class Stack:
         self.env = {**os.environ, "FF_STACK": name, "FF_HTTP_PORT": str(port)}
         self.state = ROOT / ".secrets" / name
         # stack.sh keeps the ff stack's inventory where `ansible-playbook site.yml` finds it.
-        self.inventory = ROOT / "inventories" / "local" if name == "ff" else self.state / "inventory"
+        local = ROOT / "inventories" / "local"
+        self.inventory = local if name == "ff" else self.state / "inventory"
 
     def script(self, *args, timeout=3600) -> float:
         """Run stack.sh ARGS, stream its progress, return the wall time in seconds."""
@@ -316,6 +317,74 @@ class Scenario:
         return wrk(self.url, connections, seconds, *self.args)
 
 
+def profile(stack: Stack, scenario: Scenario, args, seconds: int = 15) -> str:
+    """py-spy over every Gunicorn worker of the first app instance while the
+    scenario's load runs; returns the hottest functions, by own and by total time."""
+    instance = sorted(stack.hosts()["app"])[0]
+    run(
+        "lxc",
+        "file",
+        "push",
+        "--mode",
+        "0755",
+        ROOT / ".venv" / "bin" / "py-spy",
+        f"{instance}/usr/local/bin/py-spy",
+    )
+    master = lxc_exec(instance, "systemctl", "show", "-P", "MainPID", "flaskfleet.service")
+    log(f"profiling {scenario.title} on {instance} for {seconds} s (py-spy, all workers)")
+    recorder = subprocess.Popen(
+        [
+            *("lxc", "exec", instance, "--", "/usr/local/bin/py-spy", "record"),
+            *("--pid", master.stdout.strip(), "--subprocesses", "--nonblocking"),
+            *("--duration", str(seconds), "--rate", "250", "--format", "raw"),
+            *("--output", f"{AUX_DIR}/profile.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    point = wrk(scenario.url, args.connections, seconds - 3, *scenario.args)
+    _, err = recorder.communicate(timeout=seconds + 120)
+    if recorder.returncode != 0:
+        raise SystemExit(f"py-spy failed: {err[-2000:]}")
+    raw = lxc_exec(instance, "cat", f"{AUX_DIR}/profile.txt").stdout
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not stack_text or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [f for f in stack_text.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + count
+
+    def top(table: dict[str, int], n: int) -> list[str]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:n]
+        return [f"{100 * c / samples:5.1f}%  {frame}" for frame, c in ranked]
+
+    return "\n".join(
+        [
+            f"# py-spy: {scenario.title}, {args.connections} connections, {instance}, "
+            f"{samples} samples of busy workers at 250 Hz",
+            f"# load meanwhile: {point['rps']:.0f} req/s, p99 {point['p99_ms']:.1f} ms",
+            "",
+            "## own time (leaf frames)",
+            *top(own, 25),
+            "",
+            "## total time (frame anywhere on the stack)",
+            *top(total, 40),
+            "",
+        ]
+    )
+
+
 def run_scenarios(scenarios, args, stack: Stack) -> dict:
     results = {}
     for scenario in scenarios:
@@ -492,6 +561,16 @@ def main() -> None:
         "--reuse", action="store_true", help="use the running bench stack; skip the deploy figures"
     )
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated scenarios to profile with py-spy after measuring, e.g. order_post",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios for a quick look (no result files), e.g. hello,order_post",
+    )
     args = parser.parse_args()
     args.sweep = [int(c) for c in args.sweep.split(",")]
     if not (
@@ -567,7 +646,20 @@ def main() -> None:
                     kind="baseline",
                 ),
             ]
+            if args.only:
+                wanted = set(args.only.split(","))
+                scenarios = [scenario for scenario in scenarios if scenario.key in wanted]
+                run_scenarios(scenarios, args, stack)
+                for key in filter(None, args.profile.split(",")):
+                    chosen = next(scenario for scenario in scenarios if scenario.key == key)
+                    print(profile(stack, chosen, args))
+                return
             results = run_scenarios(scenarios, args, stack)
+            profiles = {
+                scenario.key: profile(stack, scenario, args)
+                for scenario in scenarios
+                if scenario.key in set(filter(None, args.profile.split(",")))
+            }
         ratios(results)
         hosts = stack.hosts()
         app_one = sorted(hosts["app"])[0]
@@ -610,6 +702,8 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(report))
     chart(report, out / f"{stem}.png")
+    for key, text in profiles.items():
+        (out / f"{stem}-profile-{key}.txt").write_text(text)
     print(markdown(report))
     log(f"results: bench/results/{stem}.json, .md, .png")
 

@@ -114,6 +114,39 @@ def test_gzip():
     assert "Content-Encoding: gzip" in headers, headers
 
 
+def api_reads(headers="", requests=8):
+    """(upstream name, X-Micro-Cache) of GETs of a micro-cached API resource."""
+    out = LB.check_output(
+        f"for i in $(seq {requests}); do curl -sf -m 5 -D /tmp/h {headers} "
+        "http://127.0.0.1/api/v1/products/1 | tr -d '\\n'; echo \" "
+        "$(sed -n 's/^X-Micro-Cache: *//Ip' /tmp/h | tr -d '\\r')\"; done"
+    )
+    return [tuple(line.split()) for line in out.splitlines()]
+
+
+def test_anonymous_api_reads_are_micro_cached():
+    reads = api_reads()
+    assert len(reads) == 8, reads
+    # The first read fills the entry (or finds one less than a TTL old); the rest
+    # are served by nginx, all with the first answer.
+    assert {status for _, status in reads[1:]} == {"HIT"}, reads
+    assert len({name for name, _ in reads}) == 1, reads
+    LB.run("sleep 1.5")
+    assert api_reads(requests=1)[0][1] in {"EXPIRED", "MISS"}, "the TTL is 1 s"
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["-H 'Authorization: Bearer t0ken'", "-b 'flaskfleet_write_lsn=0/16B3748@1'"],
+    ids=["bearer token", "read-your-writes cookie"],
+)
+def test_reads_with_credentials_or_a_write_cookie_skip_the_micro_cache(credentials):
+    reads = api_reads(credentials)
+    assert {status for _, status in reads} == {"BYPASS"}, reads
+    # Each went to an upstream: both app hosts answered.
+    assert {name for name, _ in reads} == set(APPS), reads
+
+
 def test_too_large_body_refused():
     result = LB.run(
         "head -c 2000000 /dev/zero | curl -s -o /dev/null -w '%{http_code}' "
@@ -174,6 +207,8 @@ def test_rate_limit():
         ({"nginx_tls_enabled": "maybe"}, "nginx_tls_enabled"),
         ({"nginx_client_max_body_size": "huge"}, "nginx_client_max_body_size like 1m"),
         ({"nginx_rate_limit": "fast"}, "nginx_rate_limit like 20r/s"),
+        ({"nginx_micro_cache_ttl": "soon"}, "nginx_micro_cache_ttl like 1s"),
+        ({"nginx_micro_cache_bypass_cookies": ["a;b"]}, "cookie names of A-Z"),
         ({"nginx_upstream_drained": ["nope"]}, "names hosts that are not in group 'app'"),
         ({}, "no upstream left in rotation"),
     ],
