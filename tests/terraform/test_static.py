@@ -13,6 +13,10 @@ AWS_REQUIRED_VARS = [
     "-var",
     "ssh_public_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2 pytest",
 ]
+LOCAL_REQUIRED_VARS = [
+    "-var",
+    "admin_ssh_public_key=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx2 pytest",
+]
 
 
 def test_fmt_check():
@@ -83,14 +87,31 @@ def test_checkov_finds_nothing_unexplained():
 @pytest.mark.parametrize(
     ("env", "variables", "message"),
     [
-        ("local", ["-var", "app_count=0"], "The app count must be a whole number from 1 to 50."),
         (
             "local",
-            ["-var", "network_cidr=10.118.300.0/24"],
+            [*LOCAL_REQUIRED_VARS, "-var", "app_count=0"],
+            "The app count must be a whole number from 1 to 50.",
+        ),
+        (
+            "local",
+            [*LOCAL_REQUIRED_VARS, "-var", "network_cidr=10.118.300.0/24"],
             "The network CIDR must be an IPv4 subnet between /16 and /24",
         ),
-        ("local", ["-var", "name=Bad_Name"], "The environment name must be 2-12 characters"),
-        ("local", ["-var", "lb_http_port=80"], "The load balancer's host port must be"),
+        (
+            "local",
+            [*LOCAL_REQUIRED_VARS, "-var", "name=Bad_Name"],
+            "The environment name must be 2-12 characters",
+        ),
+        (
+            "local",
+            [*LOCAL_REQUIRED_VARS, "-var", "lb_http_port=80"],
+            "The load balancer's host port must be",
+        ),
+        (
+            "local",
+            ["-var", "admin_ssh_public_key=hunter2"],
+            "The admin key must be a single OpenSSH public key line",
+        ),
         (
             "aws",
             [*AWS_REQUIRED_VARS, "-var", "app_count=0"],
@@ -112,6 +133,7 @@ def test_checkov_finds_nothing_unexplained():
         "local-bad-cidr",
         "local-bad-name",
         "local-privileged-port",
+        "local-admin-key-not-a-key",
         "aws-app-count-0",
         "aws-cidr-without-prefix",
         "aws-ssh-open-to-world",
