@@ -375,7 +375,7 @@ def profile(stack: Stack, scenario: Scenario, args, seconds: int = 15) -> str:
             f"{samples} samples of busy workers at 250 Hz",
             f"# load meanwhile: {point['rps']:.0f} req/s, p99 {point['p99_ms']:.1f} ms",
             "",
-            "## own time (leaf frames)",
+            "## own time (leaf frames; a worker blocked in recv() on Redis or PostgreSQL counts)",
             *top(own, 25),
             "",
             "## total time (frame anywhere on the stack)",
@@ -461,7 +461,7 @@ def markdown(report: dict) -> str:
         f"Gunicorn {report['stack']['gunicorn']}); wrk, {report['settings']['connections']} "
         f"connections, {report['settings']['seconds']} s per figure.",
         "",
-        "| scenario | req/s | vs nginx | vs hello | p50 ms | p99 ms | errors | cache hits |",
+        "| scenario | req/s | vs nginx | vs hello | p50 ms | p99 ms | errors | app cache hits |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in report["results"].values():
@@ -511,6 +511,7 @@ def chart(report: dict, path: Path) -> None:
         color=[colours[results[k]["kind"]] for k in keys],
     )
     bars.invert_yaxis()
+    bars.set_xscale("log")
     bars.set_xlabel(f"requests/s at {report['settings']['connections']} connections")
     bars.set_title("Throughput (grey: ceilings, red: naive)")
     for i, k in enumerate(keys):
@@ -522,7 +523,7 @@ def chart(report: dict, path: Path) -> None:
             va="center",
             fontsize=8,
         )
-    bars.margins(x=0.45)
+    bars.set_xlim(right=max(results[k]["fixed"]["rps"] for k in keys) * 40)
     for k in keys:
         points = results[k]["sweep"]
         if not points:
@@ -541,6 +542,7 @@ def chart(report: dict, path: Path) -> None:
     sweep.set_title("Concurrency sweep: throughput")
     tail.set_title("Concurrency sweep: p99 latency")
     tail.set_yscale("log")
+    sweep.set_yscale("log")
     sweep.legend(fontsize=8)
     fig.suptitle(f"flaskfleet make bench {report['date']} {report['label'] or ''}".strip())
     fig.tight_layout()
@@ -563,15 +565,24 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     parser.add_argument(
         "--profile",
-        default="",
-        help="comma-separated scenarios to profile with py-spy after measuring, e.g. order_post",
+        default="uncached_get,order_post",
+        help="comma-separated scenarios to profile with py-spy after measuring ('' for none)",
     )
     parser.add_argument(
         "--only",
         default="",
         help="comma-separated scenarios for a quick look (no result files), e.g. hello,order_post",
     )
+    parser.add_argument(
+        "--render", metavar="JSON", help="only rewrite the .md and .png of an earlier results file"
+    )
     args = parser.parse_args()
+    if args.render:
+        source = Path(args.render)
+        report = json.loads(source.read_text())
+        source.with_suffix(".md").write_text(markdown(report))
+        chart(report, source.with_suffix(".png"))
+        return
     args.sweep = [int(c) for c in args.sweep.split(",")]
     if not (
         1 <= args.seconds <= 120 and all(1 <= c <= 1024 for c in [args.connections, *args.sweep])
