@@ -117,6 +117,10 @@ class Stack:
             if spec.get("hosts")
         }
 
+    def first_app(self) -> str:
+        """The app instance that hosts the bench's own servers (and AUX_DIR) and is profiled."""
+        return min(self.hosts()["app"])
+
     def secrets(self) -> dict:
         plain = run(
             self.venv("ansible-vault"),
@@ -202,7 +206,7 @@ class AuxServers:
     UNITS: ClassVar[dict[str, int]] = {"bench-gunicorn": 8101, "bench-naive": 8102}
 
     def __init__(self, stack: Stack):
-        self.instance = sorted(stack.hosts()["app"])[0]
+        self.instance = stack.first_app()
         self.ports = {"bench-gunicorn": stack.port + 1, "bench-naive": stack.port + 2}
 
     def __enter__(self) -> AuxServers:
@@ -320,7 +324,7 @@ class Scenario:
 def profile(stack: Stack, scenario: Scenario, args, seconds: int = 15) -> str:
     """py-spy over every Gunicorn worker of the first app instance while the
     scenario's load runs; returns the hottest functions, by own and by total time."""
-    instance = sorted(stack.hosts()["app"])[0]
+    instance = stack.first_app()
     run(
         "lxc",
         "file",
@@ -673,9 +677,14 @@ def main() -> None:
             }
         ratios(results)
         hosts = stack.hosts()
-        app_one = sorted(hosts["app"])[0]
         workers = lxc_exec(
-            app_one, "systemctl", "show", "flaskfleet.service", "-p", "Environment", "--value"
+            stack.first_app(),
+            "systemctl",
+            "show",
+            "flaskfleet.service",
+            "-p",
+            "Environment",
+            "--value",
         ).stdout
         report = {
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
