@@ -121,11 +121,12 @@ class Stack:
         """The app instance that hosts the bench's own servers (and AUX_DIR) and is profiled."""
         return min(self.hosts()["app"])
 
-    def secrets(self) -> dict:
+    def secrets(self, name: str = "vault.yml") -> dict:
+        """One of the stack's ansible-vault files, decrypted in memory."""
         plain = run(
             self.venv("ansible-vault"),
             *("view", "--vault-password-file", self.state / "vault-password"),
-            self.state / "vault.yml",
+            self.state / name,
         ).stdout
         return yaml.safe_load(plain)
 
@@ -271,10 +272,11 @@ def cache_counts(stack: Stack) -> dict[str, float]:
 
 
 def flush_cache(stack: Stack, password: str) -> None:
+    """FLUSHDB as Redis' admin user (the app's user may not)."""
     redis = next(iter(stack.hosts()["redis"].items()))
     lxc_exec(
         redis[0],
-        *("redis-cli", "--askpass", "-h", redis[1], "FLUSHDB"),
+        *("redis-cli", "--user", "admin", "--askpass", "-h", redis[1], "FLUSHDB"),
         input=password + "\n",
     )
 
@@ -612,7 +614,7 @@ def main() -> None:
             stack.script("ansible-playbook", "deploy.yml", "-e", f"app_release={release}"), 1
         )
     try:
-        secrets = stack.secrets()
+        secrets, tokens = stack.secrets(), stack.secrets("api-tokens.yml")
         first, last = seed(stack)
         product = f"{stack.url}/api/v1/products/{first}"
         nonce = f"bench{int(time.time())}"
@@ -645,13 +647,13 @@ def main() -> None:
                     "uncached product GET (replica)",
                     stack.url,
                     ("walk", first, last),
-                    before=lambda: flush_cache(stack, secrets["redis_password"]),
+                    before=lambda: flush_cache(stack, secrets["vault_redis_admin_password"]),
                 ),
                 Scenario(
                     "order_post",
                     "order POST (primary)",
                     stack.url,
-                    ("order", first, first + 999, secrets["app_api_tokens"][0], nonce),
+                    ("order", first, first + 999, tokens["shop"], nonce),
                 ),
                 Scenario(
                     "naive_get",

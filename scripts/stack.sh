@@ -118,14 +118,22 @@ up() {
   echo "$url/api/v1/products"
 }
 
+# The load balancer's private address: what the admin network (this host, on
+# the stack's bridge) reaches, and the only way to /readyz and /metrics.
+lb_address() {
+  python3 -c 'import json, sys; print(*(h["private_ip"] for h in
+    json.load(open(sys.argv[1]))["all"]["children"]["lb"]["hosts"].values()))' "$inventory/hosts.json"
+}
+
 smoke() {
-  local ready=""
+  local ready="" ops_url
+  ops_url="http://$(lb_address)"
   for _ in $(seq 1 60); do
-    ready=$(curl -fsS --max-time 3 "$url/readyz" 2>/dev/null) && break
+    ready=$(curl -fsS --max-time 3 "$ops_url/readyz" 2>/dev/null) && break
     sleep 1
   done
-  [ -n "$ready" ] || die "no ready answer from $url/readyz within 60 s"
-  echo "readyz: $ready"
+  [ -n "$ready" ] || die "no ready answer from $ops_url/readyz within 60 s"
+  echo "readyz ($ops_url, admin network only): $ready"
   curl -fsS --max-time 5 -o /dev/null -w 'GET /api/v1/products: %{http_code}\n' "$url/api/v1/products"
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = os.environ.get("FF_STACK", "fft")
@@ -62,14 +63,40 @@ def psql(tier: str, sql: str) -> str:
     return out.stdout.strip()
 
 
+def vault_view(name: str) -> dict:
+    """One of the stack's ansible-vault files (.secrets/<stack>/<name>), decrypted in memory."""
+    out = run(".venv/bin/ansible-vault", "view", "--vault-password-file",
+              str(LOG_DIR / "vault-password"), str(LOG_DIR / name))  # fmt: skip
+    return yaml.safe_load(out.stdout)
+
+
+def inventory_hosts() -> dict[str, dict]:
+    """Host name -> its inventory variables, from the stack's hosts.json."""
+    path = ROOT / ("inventories/local" if STACK == "ff" else f".secrets/{STACK}/inventory")
+    inventory = json.loads((path / "hosts.json").read_text())
+    return {
+        name: host
+        for group in inventory["all"]["children"].values()
+        for name, host in group.get("hosts", {}).items()
+    }
+
+
 @dataclass
 class Stack:
+    # The public URL (127.0.0.1, published) and the load balancer's private address as the
+    # admin network reaches it: the only place /metrics, /readyz and X-Served-By are served.
     url: str
-    token: str
+    ops_url: str
+    tokens: dict[str, str]
 
-    def session(self) -> requests.Session:
+    @property
+    def token(self) -> str:
+        """The catalogue manager's token: every scope."""
+        return self.tokens["admin"]
+
+    def session(self, client: str = "admin") -> requests.Session:
         session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {self.token}"
+        session.headers["Authorization"] = f"Bearer {self.tokens[client]}"
         return session
 
     def wait_ready(self, expect: str = "ready", timeout: float = 90) -> dict:
@@ -77,7 +104,7 @@ class Stack:
         body: dict = {}
         while time.monotonic() < deadline:
             try:
-                response = requests.get(f"{self.url}/readyz", timeout=3)
+                response = requests.get(f"{self.ops_url}/readyz", timeout=3)
                 body = response.json()
                 if body.get("status") == expect:
                     return body
@@ -91,10 +118,8 @@ class Stack:
 def stack() -> Stack:
     up = run("bash", "scripts/stack.sh", "up", timeout=2400)
     url = up.stdout.strip().splitlines()[-1].removesuffix("/api/v1/products")
-    vault = run(".venv/bin/ansible-vault", "view", "--vault-password-file",
-                str(LOG_DIR / "vault-password"), str(LOG_DIR / "vault.yml"))  # fmt: skip
-    token = re.search(r'^app_api_tokens: \["([^"]+)"\]', vault.stdout, re.M).group(1)
-    yield Stack(url=url, token=token)
+    lb_address = inventory_hosts()[instance("lb")]["private_ip"]
+    yield Stack(url=url, ops_url=f"http://{lb_address}", tokens=vault_view("api-tokens.yml"))
     if os.environ.get("FF_KEEP_STACK") != "1":
         run("bash", "scripts/stack.sh", "down", timeout=600, check=False)
 

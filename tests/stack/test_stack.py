@@ -7,7 +7,17 @@ import time
 import uuid
 
 import requests
-from conftest import Load, instance, lxc, playbook, psql, recap_changed
+from conftest import (
+    LOG_DIR,
+    Load,
+    instance,
+    inventory_hosts,
+    lxc,
+    playbook,
+    psql,
+    recap_changed,
+    vault_view,
+)
 
 # nginx's micro-cache keeps an answer 1 s (nginx_micro_cache_ttl), counted in whole
 # seconds of nginx's clock: an entry expires 1 to 2 s after it was stored.
@@ -35,7 +45,8 @@ def test_second_site_run_changes_nothing(stack):
 
 def test_requests_are_served_by_every_app_node(stack):
     seen = {
-        requests.get(f"{stack.url}/healthz", timeout=5).headers["X-Served-By"] for _ in range(30)
+        requests.get(f"{stack.ops_url}/healthz", timeout=5).headers["X-Served-By"]
+        for _ in range(30)
     }
     assert seen == {instance("app-1"), instance("app-2")}
 
@@ -85,6 +96,68 @@ def test_a_writer_sees_its_update_at_once_past_the_micro_cache(stack):
     assert requests.get(url, timeout=5).json()["name"] == "Renamed widget"
 
 
+def test_an_order_is_its_clients_alone(stack):
+    _, product = new_product(stack)
+    placed = stack.session("shop").post(
+        f"{stack.url}/api/v1/orders",
+        json={"items": [{"product_id": product["id"], "quantity": 1}]},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+        timeout=10,
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    assert not str(order_id).isdigit(), f"order ids must not be guessable: {order_id}"
+    url = f"{stack.url}/api/v1/orders/{order_id}"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert stack.session("admin").get(url, timeout=10).status_code == 404
+    for _ in range(2):  # the second read would be a micro-cache hit if it were cached
+        mine = stack.session("shop").get(url, timeout=10)
+        assert mine.status_code == 200, mine.text
+        assert mine.headers.get("X-Micro-Cache") in (None, "BYPASS"), mine.headers
+    junk = requests.get(
+        f"{stack.url}/api/v1/products", headers={"Authorization": "Bearer junk"}, timeout=10
+    )
+    assert junk.status_code == 401, junk.text
+
+
+def test_operational_endpoints_and_headers_reach_the_admin_network_only(stack):
+    for path in ("/metrics", "/readyz"):
+        public = requests.get(f"{stack.url}{path}", timeout=10)
+        assert public.status_code == 403, public.text
+        assert public.json()["error"]["code"] == "forbidden"
+        assert requests.get(f"{stack.ops_url}{path}", timeout=10).status_code == 200
+    health = requests.get(f"{stack.url}/healthz", timeout=10)
+    assert health.json() == {"status": "ok"}
+    for response in (health, requests.get(f"{stack.url}/api/v1/products", timeout=10)):
+        assert not {"X-Served-By", "X-App-Version"} & set(response.headers), response.headers
+    assert "X-Served-By" in requests.get(f"{stack.ops_url}/healthz", timeout=10).headers
+
+
+def test_no_secret_in_any_log_or_process_list(stack):
+    """Every generated secret and API token, looked for on every VM (journal, /var/log, every
+    process's command line and environment-free args) and in the controller's own logs."""
+    secrets = [
+        value
+        for name, value in {**vault_view("vault.yml"), **vault_view("api-tokens.yml")}.items()
+        if isinstance(value, str) and not name.endswith("_sha256")
+    ]
+    assert len(secrets) >= 8, "expected the vault's passwords, secret key and API tokens"
+    dump = (
+        "journalctl --no-pager -o cat; "
+        "find /var/log -path /var/log/journal -prune -o -type f -exec cat {} +; "
+        "ps -eww -o args"
+    )
+    found = []
+    for host in inventory_hosts():
+        text = lxc("exec", host, "--", "sh", "-c", dump).stdout
+        assert len(text) > 1000, f"{host}: expected its logs, got {len(text)} bytes"
+        found += [f"{host}: secret #{n}" for n, secret in enumerate(secrets) if secret in text]
+    for log in sorted(LOG_DIR.glob("*.log")):
+        text = log.read_text(errors="replace")
+        found += [f"{log.name}: secret #{n}" for n, secret in enumerate(secrets) if secret in text]
+    assert not found, found
+
+
 def test_rolling_deploy_under_load_fails_no_request(stack):
     release = f"0.1.0+e2e{int(time.time())}"
     with Load(f"{stack.url}/api/v1/products?limit=5", seconds=300) as load:
@@ -95,8 +168,8 @@ def test_rolling_deploy_under_load_fails_no_request(stack):
     assert sum(load.statuses.values()) > 100, load.summary()
     hosts = {}
     for _ in range(30):
-        response = requests.get(f"{stack.url}/healthz", timeout=5)
-        hosts[response.headers["X-Served-By"]] = response.json()["version"]
+        response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
+        hosts[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
     assert hosts == {instance("app-1"): release, instance("app-2"): release}
 
 
@@ -109,7 +182,7 @@ def test_stopping_an_app_node_under_load_fails_no_idempotent_request(stack):
         assert load.failed == 0, load.summary()
         assert sum(load.statuses.values()) > 100, load.summary()
         seen = {
-            requests.get(f"{stack.url}/healthz", timeout=5).headers["X-Served-By"]
+            requests.get(f"{stack.ops_url}/healthz", timeout=5).headers["X-Served-By"]
             for _ in range(10)
         }
         assert seen == {instance("app-1")}

@@ -2,9 +2,20 @@
 
 import json
 import re
+import shlex
 
 import pytest
-from conftest import PORT, diagnostics, eventually, http_get, main_pid, run_deploy, worker_pids
+import yaml
+from conftest import (
+    PORT,
+    SCENARIO_DIR,
+    diagnostics,
+    eventually,
+    http_get,
+    main_pid,
+    run_deploy,
+    worker_pids,
+)
 
 BASE = "/opt/flaskfleet"
 
@@ -65,10 +76,43 @@ def test_service_runs_sandboxed_as_its_own_user(app):
     assert app.file("/run/flaskfleet/metrics").is_directory, diagnostics(app)
 
 
-def test_environment_file_is_root_only(app):
+def test_environment_files_are_root_only(app):
     env = app.file("/etc/flaskfleet/flaskfleet.env")
     assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
     assert "FLASKFLEET_DATABASE_URL=" in env.content_string
+    migrate = app.file("/etc/flaskfleet/migrate.env")
+    assert (migrate.user, migrate.group, migrate.mode) == ("root", "root", 0o600)
+
+
+def test_the_service_runs_as_the_runtime_role_and_migrations_as_the_owner(app):
+    service_env = app.file("/etc/flaskfleet/flaskfleet.env").content_string
+    assert "//flaskfleet:" in service_env
+    assert "flaskfleet_owner" not in service_env
+    assert "//flaskfleet_owner:" in app.file("/etc/flaskfleet/migrate.env").content_string
+
+
+def test_no_secret_in_a_log_or_a_command_line(app):
+    """The migrations ran here (a transient unit reading the environment files): no secret of the
+    scenario's inventory may appear in the journal, /var/log or any process's command line."""
+    group_vars = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["provisioner"][
+        "inventory"
+    ]["group_vars"]["all"]
+    secrets = [
+        value
+        for name, value in group_vars.items()
+        if name.endswith(("_password", "_secret_key")) and "{{" not in value
+    ] + ["molecule-token-shop"]
+    assert len(secrets) >= 5, secrets
+    journal = app.check_output("journalctl --no-pager -o cat")
+    assert "flaskfleet-migrate" in journal, "the migrations did not run as a transient unit here"
+    for secret in secrets:
+        for where, command in (
+            ("journal", "journalctl --no-pager -o cat"),
+            ("/var/log", "grep -rasF -- {s} /var/log; true"),
+            ("process list", "ps -eo args"),
+        ):
+            output = app.run(command.format(s=shlex.quote(secret))).stdout
+            assert secret not in output, f"a secret is in the {where}"
 
 
 def test_reload_keeps_the_master_and_keeps_answering(app, address):
