@@ -1,15 +1,25 @@
 """Behaviour of the nginx role: requests through the load balancer reach both
-app hosts, a dead or drained upstream is skipped, limits and headers hold and
-bad variables are refused. Tests run in file order; the disruptive ones last."""
+app hosts, a dead or drained upstream is skipped, limits and headers hold, the
+ops endpoints and internal headers stay with the monitoring network, the
+service is sandboxed and bad variables are refused. Tests run in file order;
+the disruptive ones last.
 
+In the scenario (molecule.yml) 127.0.0.1 is both the trusted load balancer in
+front and the monitoring network; the load balancer's own address is a client
+from outside."""
+
+import functools
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
@@ -25,6 +35,37 @@ def diagnostics():
         LB.run("journalctl -u nginx --no-pager -n 30").stdout
         + LB.run("tail -n 5 /var/log/nginx/error.log /var/log/nginx/access.log").stdout
     )
+
+
+@functools.cache
+def outside_address():
+    """The load balancer's own address: curl to it from inside comes from it."""
+    return next(a for a in LB.interface("eth0").addresses if "." in a)
+
+
+def request(path, address="127.0.0.1", headers=()):
+    """GET path from the load balancer at address: (status, {header: value}, body)."""
+    options = " ".join(f"-H {shlex.quote(header)}" for header in headers)
+    out = LB.check_output(f"curl -s -i -m 5 --path-as-is {options} http://{address}{path}")
+    head, _, body = out.partition("\r\n\r\n")
+    status_line, *lines = head.split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+def statuses(*groups):
+    """Status codes of one curl run that fetches each group's URLs in turn, each
+    group (URLs, request headers) sent with its own headers (curl --next)."""
+    parts = []
+    for urls, headers in groups:
+        options = " ".join(f"-H {shlex.quote(header)}" for header in headers)
+        parts.append(f"-s -m 5 -w '%{{stderr}}%{{http_code}}\\n' {options} {' '.join(urls)}")
+    result = LB.run("curl " + " --next ".join(parts) + " >/dev/null")
+    return result.stderr.split()
+
+
+def last_log_entry():
+    return json.loads(LB.check_output("tail -n 1 /var/log/nginx/access.log"))
 
 
 def names_seen(requests=8, url="http://127.0.0.1/"):
@@ -114,6 +155,93 @@ def test_gzip():
     assert "Content-Encoding: gzip" in headers, headers
 
 
+def test_a_client_cannot_tell_the_app_its_address():
+    """nginx is the edge: X-Forwarded-For and X-Real-IP from an untrusted
+    client are replaced with the address the request came from."""
+    outside = outside_address()
+    status, _, body = request(
+        "/echo",
+        outside,
+        ["X-Forwarded-For: 198.51.100.9", "X-Real-IP: 198.51.100.9"],
+    )
+    assert status == 200, diagnostics()
+    seen = {name.lower(): values for name, values in json.loads(body).items()}
+    assert seen["x-forwarded-for"] == [outside], seen
+    assert seen["x-real-ip"] == [outside], seen
+    assert last_log_entry()["remote_addr"] == outside
+
+
+def test_one_trusted_hop_names_the_client():
+    """From the trusted load balancer, the last X-Forwarded-For entry is the
+    client; what the client put before it never reaches the app."""
+    status, _, body = request("/echo", headers=["X-Forwarded-For: 198.51.100.9, 203.0.113.7"])
+    assert status == 200, diagnostics()
+    seen = {name.lower(): values for name, values in json.loads(body).items()}
+    assert seen["x-forwarded-for"] == ["203.0.113.7"], seen
+    assert seen["x-real-ip"] == ["203.0.113.7"], seen
+    assert last_log_entry()["remote_addr"] == "203.0.113.7"
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/readyz"])
+def test_ops_endpoints_served_to_the_monitoring_network(path):
+    status, _, body = request(path)
+    assert status == 200, diagnostics()
+    assert body.startswith(f"{path[1:]} of nginx-app"), body
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/metric%73", "/x/../readyz"])
+@pytest.mark.parametrize(
+    "client",
+    ["outside", "behind the trusted proxy"],
+)
+def test_ops_endpoints_refused_to_everyone_else(path, client):
+    if client == "outside":
+        status, headers, body = request(path, outside_address())
+    else:
+        # The trusted load balancer's own address is allowed; its client is not.
+        status, headers, body = request(path, headers=["X-Forwarded-For: 203.0.113.7"])
+    assert status == 403, body
+    assert headers["content-type"] == "application/json", headers
+    name = "/readyz" if path.endswith("readyz") else "/metrics"
+    assert json.loads(body) == {
+        "error": {
+            "code": "forbidden",
+            "message": f"{name} is served to the monitoring network only",
+            "fields": {},
+        }
+    }
+    assert "x-request-id" in headers and "x-content-type-options" in headers, headers
+
+
+def test_app_healthz_stays_public():
+    status, _, body = request("/healthz", outside_address())
+    assert status == 200, diagnostics()
+    assert body.startswith("healthz of nginx-app"), body
+
+
+@pytest.mark.parametrize("path", ["/", "/api/v1/products/1", "/readyz"])
+def test_internal_headers_go_to_the_monitoring_network(path):
+    # Twice each: the second /api/ read is a micro-cache HIT.
+    for _ in range(2):
+        _, headers, _ = request(path)
+        assert headers.get("x-served-by") in APPS, headers
+        assert headers.get("x-app-version") == "stub-1", headers
+
+
+@pytest.mark.parametrize("path", ["/", "/api/v1/products/1"])
+@pytest.mark.parametrize("client", ["outside", "behind the trusted proxy"])
+def test_internal_headers_hidden_from_everyone_else(path, client):
+    for _ in range(2):
+        if client == "outside":
+            status, headers, _ = request(path, outside_address())
+        else:
+            status, headers, _ = request(path, headers=["X-Forwarded-For: 203.0.113.7"])
+        assert status == 200, diagnostics()
+        assert "x-served-by" not in headers, headers
+        assert "x-app-version" not in headers, headers
+        assert "x-request-id" in headers, headers
+
+
 def api_reads(headers="", requests=8):
     """(upstream name, X-Micro-Cache) of GETs of a micro-cached API resource."""
     out = LB.check_output(
@@ -156,6 +284,40 @@ def test_too_large_body_refused():
     assert result.stdout == "413", diagnostics()
 
 
+def test_sandbox_exposure_score():
+    report = LB.check_output("systemd-analyze security --no-pager nginx.service")
+    score = float(re.search(r"Overall exposure level for nginx.service: ([0-9.]+)", report)[1])
+    assert score <= 3.0, report
+
+
+def test_reload_keeps_the_master_under_the_sandbox():
+    master_pid = LB.check_output("systemctl show -P MainPID nginx")
+    result = LB.run("systemctl reload nginx")
+    assert result.rc == 0, result.stderr + diagnostics()
+    LB.run("sleep 1")
+    assert LB.check_output("systemctl show -P MainPID nginx") == master_pid
+    assert set(names_seen()) == set(APPS), diagnostics()
+
+
+def test_request_bodies_spill_to_disk_under_the_sandbox():
+    """Bodies above client_body_buffer_size go through /var/lib/nginx/body."""
+    result = LB.check_output(
+        "head -c 100000 /dev/zero | curl -sf -m 5 --data-binary @- http://127.0.0.1/upload"
+    )
+    assert json.loads(result) == {"received": 100000}, diagnostics()
+
+
+def test_logs_reopen_after_rotation_under_the_sandbox():
+    """What logrotate does (create 0640 www-data adm, then USR1) still works."""
+    LB.check_output(
+        "mv /var/log/nginx/access.log /var/log/nginx/access.log.1"
+        " && install -o www-data -g adm -m 0640 /dev/null /var/log/nginx/access.log"
+        " && systemctl kill -s USR1 --kill-whom=main nginx && sleep 1"
+    )
+    request("/", headers=["X-Request-ID: after-rotation"])
+    assert last_log_entry()["request_id"] == "after-rotation", diagnostics()
+
+
 def test_dead_upstream_is_skipped():
     APP["nginx-app1"].run("systemctl stop stub-upstream")
     try:
@@ -188,13 +350,41 @@ def test_drained_host_taken_out_and_put_back():
     assert LB.check_output("systemctl show -P MainPID nginx") == master_pid, "reload, not restart"
 
 
-def test_rate_limit():
-    codes = LB.check_output(
-        "for i in $(seq 80); do echo http://127.0.0.1/; done "
-        "| xargs curl -s -o /dev/null -w '%{http_code}\\n'"
-    ).split()
-    assert "200" in codes
-    assert "429" in codes, codes
+def test_rate_limit_is_per_client_address():
+    """One address over its limit gets 429 while another is still served."""
+    busy, other = "http://127.0.0.1/", f"http://{outside_address()}/"
+    codes = statuses(([busy] * 100 + [other, busy] * 5, []))
+    assert "429" in codes[:100], codes
+    assert codes[100::2] == ["200"] * 5, codes
+    assert "429" in codes[101::2], codes
+
+
+def test_rate_limit_is_per_client_behind_the_trusted_proxy():
+    """Behind the trusted load balancer each client has its own bucket, not the
+    load balancer's address."""
+    LB.run("sleep 3")  # the previous test's buckets refill
+    url = "http://127.0.0.1/"
+    busy, other = ["X-Forwarded-For: 203.0.113.7"], ["X-Forwarded-For: 203.0.113.8"]
+    groups = [([url] * 100, busy)]
+    for _ in range(5):
+        groups += [([url], other), ([url], busy)]
+    codes = statuses(*groups)
+    assert "429" in codes[:100], codes
+    assert codes[100::2] == ["200"] * 5, codes
+    assert "429" in codes[101::2], codes
+
+
+def test_argument_specs_defaults_match_defaults_main():
+    role = PROJECT_DIR / "ansible/roles/nginx"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    options = yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"][
+        "main"
+    ]["options"]
+    assert set(options) == set(defaults)
+    for name, spec in options.items():
+        assert spec.get("description"), name
+        if "{{" not in str(defaults[name]):
+            assert spec.get("default") == defaults[name], name
 
 
 @pytest.mark.parametrize(
@@ -210,6 +400,15 @@ def test_rate_limit():
         ({"nginx_rate_limit": "fast"}, "nginx_rate_limit like 20r/s"),
         ({"nginx_micro_cache_ttl": "soon"}, "nginx_micro_cache_ttl like 1s"),
         ({"nginx_micro_cache_bypass_cookies": ["a;b"]}, "cookie names of A-Z"),
+        ({"nginx_trusted_proxies": ["10.0.0.0/33"]}, "not valid: ['10.0.0.0/33']"),
+        ({"nginx_trusted_proxies": ["10.0.0.1/8"]}, "nginx_trusted_proxies must list"),
+        ({"nginx_ops_allowed_cidrs": ["monitoring"]}, "not valid: ['monitoring']"),
+        (
+            {"nginx_ops_allowed_cidrs": ["10.0.9.0/24", "2001:db8::/129"]},
+            "nginx_ops_allowed_cidrs must list",
+        ),
+        ({"nginx_ops_paths": ["metrics"]}, "nginx_ops_paths paths like /metrics"),
+        ({"nginx_ops_only_headers": ["X-Served-By: 1"]}, "nginx_ops_only_headers"),
         ({"nginx_upstream_drained": ["nope"]}, "names hosts that are not in group 'app'"),
         ({}, "no upstream left in rotation"),
     ],
