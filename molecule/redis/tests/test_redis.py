@@ -1,9 +1,13 @@
-"""Behaviour of the redis role: password required, private address only, LRU
-cache, runtime settings applied without a restart, bad variables refused."""
+"""Behaviour of the redis role: ACL users only (default user off), the app's
+user confined to its keys and commands, users and runtime settings applied
+without a restart, a sandboxed unit, private address only, bad variables
+refused before any change."""
 
 import json
 import os
+import re
 import secrets
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +19,18 @@ import yaml
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-# The scenario's own group_vars hold the password the role was converged with.
-PASSWORD = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["provisioner"]["inventory"][
-    "group_vars"
-]["all"]["redis_password"]
+# The scenario's group_vars hold the passwords the role was converged with;
+# the app user's name comes from the file production takes it from.
+SCENARIO_VARS = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["provisioner"][
+    "inventory"
+]["group_vars"]["all"]
+APP_ACL = yaml.safe_load((PROJECT_DIR / "group_vars/all/redis_acl.yml").read_text())
+APP_USER = APP_ACL["flaskfleet_redis_app_user"]
+APP_PASSWORD = SCENARIO_VARS["redis_users"][0]["password"]
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = SCENARIO_VARS["redis_admin_password"]
+ACL_FILE = "/etc/redis/users.acl"
+MAX_EXPOSURE = 3.0
 
 REDIS = testinfra.get_host(f"ansible://redis-cache1?ansible_inventory={INVENTORY}")
 
@@ -27,42 +39,120 @@ def journal():
     return REDIS.run("journalctl -u redis-server --no-pager -n 40").stdout
 
 
+def main_pid():
+    return REDIS.check_output("systemctl show -P MainPID redis-server")
+
+
 @pytest.fixture(scope="module")
 def private_ip():
     return REDIS.check_output("ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
 
 
-def redis_cli(private_ip, *args, password=None):
-    auth = f"REDISCLI_AUTH={password} " if password else ""
-    return REDIS.run(f"{auth}redis-cli -h {private_ip} " + " ".join(args))
+def redis_cli(host, *args, user=None, password=None):
+    """redis-cli on the Redis host; the answer (errors too) is in stdout."""
+    auth = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
+    login = f"--user {user} " if user else ""
+    command = " ".join(shlex.quote(arg) for arg in args)
+    return REDIS.run(f"{auth}redis-cli {login}-h {host} {command}")
 
 
-def test_ping_without_password_is_refused(private_ip):
+def as_app(host, *args, password=APP_PASSWORD):
+    return redis_cli(host, *args, user=APP_USER, password=password)
+
+
+def as_admin(host, *args, password=ADMIN_PASSWORD):
+    return redis_cli(host, *args, user=ADMIN_USER, password=password)
+
+
+def test_unauthenticated_client_is_refused(private_ip):
     result = redis_cli(private_ip, "PING")
-    assert "NOAUTH" in result.stdout, result.stdout + result.stderr + journal()
+    assert result.stdout.startswith("NOAUTH"), result.stdout + result.stderr + journal()
 
 
-def test_ping_with_password_answers(private_ip):
-    result = redis_cli(private_ip, "PING", password=PASSWORD)
-    assert result.stdout.strip() == "PONG", result.stdout + result.stderr + journal()
+@pytest.mark.parametrize("password", [APP_PASSWORD, ADMIN_PASSWORD, "any-password-at-all"])
+def test_default_user_is_off(private_ip, password):
+    # Password-only AUTH is AUTH as `default`: refused whatever the password.
+    result = redis_cli(private_ip, "PING", password=password)
+    assert "WRONGPASS" in result.stderr, result.stdout + result.stderr
+    assert result.stdout.startswith("NOAUTH"), result.stdout
+    result = redis_cli(private_ip, "PING", user="default", password=password)
+    assert "WRONGPASS" in result.stderr, result.stdout + result.stderr
 
 
 def test_wrong_password_is_refused(private_ip):
-    result = redis_cli(private_ip, "PING", password=secrets.token_hex(8))
-    assert "WRONGPASS" in result.stdout + result.stderr, result.stdout + journal()
+    result = as_app(private_ip, "PING", password=secrets.token_hex(8))
+    assert "WRONGPASS" in result.stderr, result.stdout + result.stderr + journal()
+
+
+def test_app_user_reads_and_writes_its_keys(private_ip):
+    key = f"ff:test:{secrets.token_hex(4)}"
+    assert as_app(private_ip, "SET", key, "cached").stdout.strip() == "OK", journal()
+    assert as_app(private_ip, "GET", key).stdout.strip() == "cached"
+    script = "return redis.call('APPEND', KEYS[1], ARGV[1])"
+    assert as_app(private_ip, "EVAL", script, "1", key, "-more").stdout.strip() == "11"
+    assert as_app(private_ip, "DEL", key).stdout.strip() == "1"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["FLUSHALL"],
+        ["FLUSHDB"],
+        ["CONFIG", "GET", "maxmemory"],
+        ["ACL", "LIST"],
+        ["KEYS", "*"],
+        ["SET", "outside:ff", "value"],
+        ["EVAL", "return redis.call('SET', KEYS[1], 'value')", "1", "outside:ff"],
+    ],
+    ids=" ".join,
+)
+def test_app_user_is_refused(private_ip, command):
+    result = as_app(private_ip, *command)
+    assert result.stdout.startswith("NOPERM"), result.stdout + result.stderr
+
+
+def test_app_user_may_not_debug(private_ip):
+    # Redis refuses DEBUG to every remote client before it looks at the ACL,
+    # so the app's rules are asked directly.
+    result = as_admin(private_ip, "ACL", "DRYRUN", APP_USER, "DEBUG", "SLEEP", "0")
+    assert "no permissions to run the 'debug' command" in result.stdout, result.stdout
+    assert as_app(private_ip, "DEBUG", "SLEEP", "0").stdout.startswith(("NOPERM", "ERR"))
+
+
+def test_admin_reads_the_configuration(private_ip):
+    result = as_admin(private_ip, "CONFIG", "GET", "maxmemory-policy")
+    assert result.stdout.split() == ["maxmemory-policy", "allkeys-lru"], result.stdout
+    result = as_admin(private_ip, "CONFIG", "GET", "maxmemory")
+    assert result.stdout.split() == ["maxmemory", str(256 * 1024 * 1024)], result.stdout
+
+
+def test_users_file_holds_hashes_only():
+    acl = REDIS.file(ACL_FILE)
+    assert (acl.user, acl.group, acl.mode) == ("root", "redis", 0o640)
+    content = acl.content_string
+    assert APP_PASSWORD not in content and ADMIN_PASSWORD not in content
+    assert "user default reset" in content.splitlines()
+
+
+@pytest.mark.parametrize("command", [["CONFIG", "REWRITE"], ["ACL", "SAVE"]], ids=" ".join)
+def test_server_cannot_rewrite_its_configuration(private_ip, command):
+    before = REDIS.check_output("sha256sum /etc/redis/*")
+    result = as_admin(private_ip, *command)
+    assert result.stdout.startswith("ERR"), result.stdout
+    assert REDIS.check_output("sha256sum /etc/redis/*") == before
+
+
+def test_sandbox_exposure_score():
+    output = REDIS.check_output("systemd-analyze security --no-pager redis-server.service")
+    match = re.search(r"Overall exposure level for redis-server\.service: ([0-9.]+)", output)
+    assert match, output
+    assert float(match.group(1)) <= MAX_EXPOSURE, output
 
 
 def test_listens_only_on_the_private_address(private_ip):
     listeners = REDIS.check_output("ss -Htln 'sport = :6379' | awk '{print $4}'").split()
     assert listeners == [f"{private_ip}:6379"], "\n".join(listeners) + journal()
-    assert redis_cli("127.0.0.1", "PING", password=PASSWORD).rc != 0
-
-
-def test_cache_eviction_policy(private_ip):
-    result = redis_cli(private_ip, "CONFIG GET maxmemory-policy", password=PASSWORD)
-    assert result.stdout.split() == ["maxmemory-policy", "allkeys-lru"], result.stdout
-    result = redis_cli(private_ip, "CONFIG GET maxmemory", password=PASSWORD)
-    assert result.stdout.split() == ["maxmemory", str(256 * 1024 * 1024)], result.stdout
+    assert as_admin("127.0.0.1", "PING").rc != 0
 
 
 def test_supervised_by_systemd():
@@ -89,17 +179,54 @@ def converge(*extra):
     )
 
 
+def converge_ok(*extra):
+    result = converge(*extra)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return result.stdout + result.stderr
+
+
 def test_runtime_setting_applied_without_restart(private_ip):
-    pid_before = REDIS.check_output("systemctl show -P MainPID redis-server")
+    pid_before = main_pid()
     try:
-        result = converge("-e", json.dumps({"redis_maxmemory": "128mb"}))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-        value = redis_cli(private_ip, "CONFIG GET maxmemory", password=PASSWORD).stdout
+        converge_ok("-e", json.dumps({"redis_maxmemory": "128mb"}))
+        value = as_admin(private_ip, "CONFIG", "GET", "maxmemory").stdout
         assert value.split() == ["maxmemory", str(128 * 1024 * 1024)], value
-        assert REDIS.check_output("systemctl show -P MainPID redis-server") == pid_before
+        assert main_pid() == pid_before
     finally:
-        restored = converge()
-        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr
+        converge_ok()
+
+
+def test_app_password_rotation_reloads_without_restart(private_ip):
+    pid_before = main_pid()
+    new_password = f"rotated-{secrets.token_hex(8)}"
+    app_user = {
+        "name": APP_USER,
+        "password": new_password,
+        "rules": "{{ flaskfleet_redis_app_acl_rules }}",
+    }
+    try:
+        output = converge_ok("-e", json.dumps({"redis_users": [app_user]}))
+        assert new_password not in output, "the password leaked into the output"
+        assert as_app(private_ip, "PING", password=new_password).stdout.strip() == "PONG"
+        assert "WRONGPASS" in as_app(private_ip, "PING").stderr
+        assert main_pid() == pid_before, journal()
+    finally:
+        converge_ok()
+    assert as_app(private_ip, "PING").stdout.strip() == "PONG"
+
+
+def test_admin_password_rotation(private_ip):
+    # The running server only knows the old admin password: the role restarts it.
+    new_password = f"rotated-{secrets.token_hex(8)}"
+    try:
+        output = converge_ok("-e", json.dumps({"redis_admin_password": new_password}))
+        assert new_password not in output, "the password leaked into the output"
+        assert as_admin(private_ip, "PING", password=new_password).stdout.strip() == "PONG"
+        assert "WRONGPASS" in as_admin(private_ip, "PING").stderr
+        assert as_app(private_ip, "PING").stdout.strip() == "PONG"
+    finally:
+        converge_ok()
+    assert as_admin(private_ip, "PING").stdout.strip() == "PONG"
 
 
 def run_role_with(extra_vars):
@@ -121,19 +248,44 @@ def run_role_with(extra_vars):
     )
 
 
-GOOD_PASSWORD = {"redis_password": "a-good-password-1234"}
+ADMIN = {"redis_admin_password": "a-good-admin-password-1"}
+USER = {"name": "app", "password": "a-good-user-password-1", "rules": "resetkeys ~ff:* +get"}
+
+
+def user(**changes):
+    return {**USER, **changes}
 
 
 @pytest.mark.parametrize(
     ("extra_vars", "message"),
     [
-        ({}, "missing required arguments: redis_password"),
-        ({"redis_password": ""}, "redis_password must be at least 12 characters"),
-        ({"redis_password": "has a space in it"}, "no whitespace, quotes or backslashes"),
-        ({**GOOD_PASSWORD, "redis_port": 0}, "redis_port in 1..65535"),
-        ({**GOOD_PASSWORD, "redis_maxmemory": "lots"}, "redis_maxmemory like 256mb"),
-        ({**GOOD_PASSWORD, "redis_persistence": "sometimes"}, "redis_persistence"),
-        ({**GOOD_PASSWORD, "redis_bind_addresses": []}, "at least one address"),
+        ({}, "missing required arguments: redis_admin_password"),
+        ({"redis_admin_password": "tooShort9x"}, "Offending: ['redis_admin_password']"),
+        (
+            {**ADMIN, "redis_users": [{**USER, "password": "tooShort9x"}]},
+            "Offending: ['redis_users app']",
+        ),
+        (
+            {**ADMIN, "redis_users": [{**USER, "password": "has a space in it"}]},
+            "no whitespace, quotes or backslashes",
+        ),
+        ({**ADMIN, "redis_users": [user(), user()]}, "be unique"),
+        ({**ADMIN, "redis_users": [user(name="default")]}, "neither 'default' nor the admin's"),
+        ({**ADMIN, "redis_users": [user(name="admin")]}, "neither 'default' nor the admin's"),
+        ({**ADMIN, "redis_users": [user(name="App")]}, "a lowercase letter then"),
+        ({**ADMIN, "redis_users": [user(rules="~ff:* nopass +@all")]}, "Offending users: ['app']"),
+        ({**ADMIN, "redis_users": [user(rules="~ff:* >plaintext +get")]}, "without nopass"),
+        ({**ADMIN, "redis_users": [user(rules="reset ~* +@all")]}, "without nopass"),
+        ({**ADMIN, "redis_users": [user(rules="+get\nuser evil on nopass")]}, "on one line"),
+        ({**ADMIN, "redis_users": [user(rules=" ")]}, "non-empty ACL rule string"),
+        (
+            {**ADMIN, "redis_users": [{"name": "app", "password": USER["password"]}]},
+            "missing required arguments: rules",
+        ),
+        ({**ADMIN, "redis_port": 0}, "redis_port in 1..65535"),
+        ({**ADMIN, "redis_maxmemory": "lots"}, "redis_maxmemory like 256mb"),
+        ({**ADMIN, "redis_persistence": "sometimes"}, "redis_persistence"),
+        ({**ADMIN, "redis_bind_addresses": []}, "at least one address"),
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
@@ -141,5 +293,10 @@ def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output, output
-    if extra_vars.get("redis_password"):
-        assert extra_vars["redis_password"] not in output, "the password leaked into the output"
+    # Validation runs on the controller: no task reached the (non-existent) host.
+    assert "UNREACHABLE" not in output, output
+    passwords = [extra_vars.get("redis_admin_password", "")] + [
+        entry["password"] for entry in extra_vars.get("redis_users", [])
+    ]
+    for password in filter(None, passwords):
+        assert password not in output, "a password leaked into the output"
