@@ -13,7 +13,7 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
 .PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
-	up down deploy promote bench \
+	up down release deploy promote bench \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
@@ -24,7 +24,7 @@ setup: ## Install and start everything a fresh machine needs (idempotent, cached
 
 lock: ## Re-pin requirements/*.txt from requirements/*.in
 	@for in in requirements/*.in; do \
-	  $(VENV)/uv pip compile -q "$$in" -o "$${in%.in}.txt" --python-version 3.11; done
+	  $(VENV)/uv pip compile -q --generate-hashes "$$in" -o "$${in%.in}.txt" --python-version 3.11; done
 
 test: setup ## Run every test; ends with a one-line summary
 	@bash scripts/run-tests.sh $(TEST_SUITES)
@@ -60,9 +60,13 @@ BENCH_ARGS ?=
 bench: setup ## Benchmarks on a stack of their own (ffb, 127.0.0.1:8093): bench/results/<date>.{json,md,png}
 	@bash scripts/bench.sh $(BENCH_ARGS)
 
-deploy: ## Rolling release to the local stack: make deploy RELEASE=<version>
-	@test -n "$(RELEASE)" || { echo "usage: make deploy RELEASE=<version>" >&2; exit 2; }
-	@bash scripts/stack.sh ansible-playbook deploy.yml -e app_release=$(RELEASE)
+release: setup ## Build the app's release archive: make release [RELEASE=<name>] -> dist/flaskfleet-<name>.tar
+	@bash scripts/release.sh '$(RELEASE)'
+
+deploy: ## Rolling release to the local stack: make deploy RELEASE=<name> (builds it first)
+	@test -n "$(RELEASE)" || { echo "usage: make deploy RELEASE=<name>" >&2; exit 2; }
+	@bash scripts/release.sh '$(RELEASE)' >/dev/null
+	@bash scripts/stack.sh ansible-playbook deploy.yml -e app_release='$(RELEASE)'
 
 promote: ## Fail over: promote the replica, repoint the app
 	@bash scripts/stack.sh ansible-playbook promote.yml

@@ -610,6 +610,7 @@ def main() -> None:
         deploy["nochange_changed"] = stack.site_changed()
         release = f"0.1.0+bench{int(time.time())}"
         log(f"deploy.yml of {release}")
+        run("bash", ROOT / "scripts" / "release.sh", release)
         deploy["deploy_s"] = round(
             stack.script("ansible-playbook", "deploy.yml", "-e", f"app_release={release}"), 1
         )

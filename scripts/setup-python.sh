@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Python virtual environments from the locks in requirements/: .venv for
 # everything, .venv-checkov for the Terraform scanner (its pins clash with pytest).
+# Every package is checked against the hashes in the lock (--require-hashes),
+# uv itself too: its pin and hashes are taken from requirements/main.txt.
 . "$(dirname "$0")/lib.sh"
 hold_lock python-venvs
 
@@ -12,10 +14,11 @@ sync_venv() {  # sync_venv DIR LOCKFILE
   log "installing $2 into $1"
   [ -x "$FF_ROOT/.venv/bin/uv" ] || {
     [ -x "$FF_ROOT/.venv/bin/python" ] || python3 -m venv "$FF_ROOT/.venv"
-    "$FF_ROOT/.venv/bin/pip" install -q "uv==$UV_VERSION"
+    "$FF_ROOT/.venv/bin/pip" install -q --require-hashes --no-deps \
+      -r <(sed -n '/^uv==/,/^[^ ]/{/^uv==/p;/^ /p}' "$FF_ROOT/requirements/main.txt")
   }
   [ -x "$venv/bin/python" ] || "$FF_ROOT/.venv/bin/uv" venv -q --python python3 "$venv"
-  VIRTUAL_ENV=$venv "$FF_ROOT/.venv/bin/uv" pip sync -q "$lock"
+  VIRTUAL_ENV=$venv "$FF_ROOT/.venv/bin/uv" pip sync -q --require-hashes "$lock"
   echo "$want" >"$stamp"
 }
 

@@ -107,7 +107,8 @@ up() {
   step 1 "VMs: tofu apply, workspace $stack (LXD system containers); secrets and SSH key in $state"
   vms
 
-  step 2 "configure: ansible-playbook site.yml over SSH (full log: $state/site.log)"
+  step 2 "configure: make release, then ansible-playbook site.yml over SSH (full log: $state/site.log)"
+  bash scripts/release.sh >/dev/null
   filtered '^(PLAY|TASK) \[|^(changed|fatal|failed):' playbook site.yml >"$state/site.log" ||
     die "site.yml failed: see $state/site.log"
   sed -n '/^PLAY RECAP/,/^$/p' "$state/site.log"

@@ -16,6 +16,7 @@ from conftest import (
     playbook,
     psql,
     recap_changed,
+    run,
     vault_view,
 )
 
@@ -162,6 +163,7 @@ def test_rolling_deploy_under_load_fails_no_request(stack):
     release = f"0.1.0+e2e{int(time.time())}"
     with Load(f"{stack.url}/api/v1/products?limit=5", seconds=300) as load:
         time.sleep(2)
+        run("bash", "scripts/release.sh", release)
         playbook("deploy.yml", "-e", f"app_release={release}")
         time.sleep(2)
     assert load.failed == 0, load.summary()

@@ -65,6 +65,18 @@ def eventually(check, timeout=30.0, interval=1.0):
         time.sleep(interval)
 
 
+def build_release(name):
+    """`make release RELEASE=name`: the archive's path (cached when the sources did not change)."""
+    result = subprocess.run(
+        ["bash", "scripts/release.sh", name],
+        cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
 def run_deploy(*extra_vars):
     """Run the scenario's deploy playbook (the app role) with -e arguments; (exit code, output)."""
     args = ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "deploy.yml")]

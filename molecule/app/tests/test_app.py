@@ -3,12 +3,15 @@
 import json
 import re
 import shlex
+import tarfile
+import zipfile
 
 import pytest
 import yaml
 from conftest import (
     PORT,
     SCENARIO_DIR,
+    build_release,
     diagnostics,
     eventually,
     http_get,
@@ -178,10 +181,10 @@ def workers_run(app, release):
     )
 
 
-def switch_to(app, address, release):
-    """Deploy release (built if new); assert a graceful reload served it: same master, new code."""
+def switch_to(app, address, release, *extra_vars):
+    """Deploy release; assert a graceful reload served it: same master, new code."""
     master = main_pid(app)
-    returncode, output = run_deploy(f"app_release={release}")
+    returncode, output = run_deploy(f"app_release={release}", *extra_vars)
     assert returncode == 0, output + diagnostics(app)
     assert current_release(app) == release
     status, headers, _ = http_get(app, f"http://{address}:{PORT}/healthz")
@@ -198,9 +201,39 @@ def test_new_release_reloads_into_new_code_and_rollback_switches_back(app, addre
     assert workers_run(app, previous), app_files_of_the_workers(app)
     # A fixed name, so the controller's build cache serves repeated scenario runs.
     release = f"{previous}-molecule"
-    switch_to(app, address, release)
+    switch_to(app, address, release, f"app_release_archive={build_release(release)}")
     assert app.file(f"{BASE}/releases/{previous}/venv/bin/python").exists
 
-    # Rolling back is deploying the previous name again: no build, just the switch.
-    output = switch_to(app, address, previous)
-    assert "Build the app's wheel" not in output
+    # Rolling back is deploying the previous name again: no archive, just the switch.
+    switch_to(app, address, previous, "app_release_archive=/nonexistent/archive.tar")
+
+
+def test_a_new_release_without_its_archive_fails_before_any_change(app):
+    returncode, output = run_deploy(
+        "app_release=never-built", "app_release_archive=/nonexistent.tar"
+    )
+    assert returncode != 0, output
+    assert "build it first with `make release RELEASE=never-built`" in output, output
+    assert not app.file(f"{BASE}/releases/never-built").exists
+
+
+def test_a_wheel_that_does_not_match_its_hash_is_refused(app, address, tmp_path):
+    """A release archive whose Flask wheel was altered after make release recorded its hash:
+    pip refuses to install it and the release in service keeps serving."""
+    in_service = current_release(app)
+    with tarfile.open(build_release(in_service)) as archive:
+        archive.extractall(tmp_path / "release", filter="data")
+    wheel = next((tmp_path / "release" / "wheels").glob("flask-*.whl"))
+    with zipfile.ZipFile(wheel, "a") as altered:
+        altered.writestr("flask/injected.py", "print('not what was hashed')\n")
+    tampered = tmp_path / "tampered.tar"
+    with tarfile.open(tampered, "w") as archive:
+        for name in ("wheels", "requirements.txt", "gunicorn.conf.py"):
+            archive.add(tmp_path / "release" / name, arcname=name)
+    app.run("rm -rf /opt/flaskfleet/releases/tampered")
+    returncode, output = run_deploy("app_release=tampered", f"app_release_archive={tampered}")
+    assert returncode != 0, output
+    assert "DO NOT MATCH THE HASHES" in output, output
+    assert current_release(app) == in_service
+    assert http_get(app, f"http://{address}:{PORT}/healthz")[0] == 200, diagnostics(app)
+    app.run("rm -rf /opt/flaskfleet/releases/tampered")
