@@ -78,7 +78,7 @@ _STANDARD_ATTRIBUTES = frozenset(
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, as flaskfleet.logs writes them: time, level, logger, message
-    and the extra fields (the access log's request_id among them)."""
+    and the extra fields (the access log's request_id and client among them)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -123,6 +123,9 @@ class JsonGunicornLogger(glogging.Logger):
                 "duration_ms": round(request_time.total_seconds() * 1000, 3),
                 "user_agent": environ.get("HTTP_USER_AGENT"),
                 "request_id": headers.get("x-request-id"),
+                # The API client the app authenticated (flaskfleet.web.CLIENT_ENVIRON_KEY,
+                # not imported: see the top); None for anonymous requests.
+                "client": environ.get("flaskfleet.client"),
             },
         )
 

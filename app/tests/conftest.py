@@ -3,11 +3,18 @@
 All run from the Debian binaries on 127.0.0.1, on free ports, in temporary directories, and are
 stopped and removed at the end of the session. PostgreSQL refuses to run as root, so when the
 tests run as root its commands run as the `postgres` user.
+
+The app runs with the privileges it has in production: in PostgreSQL as a runtime role that
+may only read and write rows (migrations run as the owner role), in Redis as the ACL user the
+redis role creates, from the same rule string (group_vars/all/redis_acl.yml), with the
+`default` user off. A statement or command the app needs but is not granted fails here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -23,11 +30,37 @@ from pathlib import Path
 import psycopg2
 import pytest
 import redis
+import yaml
 from flaskfleet import create_app, migrations
 
-TOKEN = secrets.token_urlsafe(24)
-OTHER_TOKEN = secrets.token_urlsafe(24)
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPOSITORY = Path(__file__).resolve().parents[2]
+REDIS_ACL_VARS = REPOSITORY / "group_vars" / "all" / "redis_acl.yml"
+
+# Database roles as the postgresql role creates them: the owner runs migrations, the app runs
+# as the runtime role, which gets DML on the owner's tables through default privileges.
+OWNER_ROLE = "flaskfleet_owner"
+RUNTIME_ROLE = "flaskfleet_app"
+
+# API clients: name -> (token, scopes). Only the tokens' SHA-256 reaches the app.
+ALL_SCOPES = ["products:write", "orders:write", "orders:read"]
+CLIENTS = {
+    "admin": (secrets.token_urlsafe(32), ALL_SCOPES),
+    "shop": (secrets.token_urlsafe(32), ["orders:write", "orders:read"]),
+    "catalog": (secrets.token_urlsafe(32), ["products:write"]),
+}
+API_CLIENTS = json.dumps(
+    [
+        {"name": name, "token_sha256": hashlib.sha256(token.encode()).hexdigest(), "scopes": scopes}
+        for name, (token, scopes) in CLIENTS.items()
+    ]
+)
+
+
+def bearer(client: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {CLIENTS[client][0]}"}
+
+
+AUTH = bearer("admin")
 
 
 def _pg_bin() -> Path:
@@ -73,8 +106,8 @@ class PostgresServer:
             command = ["runuser", "-u", self.run_as, "--", *command]
         return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
 
-    def url(self, dbname: str = "flaskfleet") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+    def url(self, dbname: str = "flaskfleet", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> None:
         log = str(self.data_dir.parent / f"{self.data_dir.name}.log")
@@ -83,8 +116,8 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self.run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
-    def connect(self, dbname: str = "flaskfleet"):
-        conn = psycopg2.connect(self.url(dbname), connect_timeout=5)
+    def connect(self, dbname: str = "flaskfleet", user: str = "postgres"):
+        conn = psycopg2.connect(self.url(dbname, user), connect_timeout=5)
         conn.autocommit = True
         return conn
 
@@ -96,6 +129,24 @@ class PostgresServer:
                 return cur.fetchall() if cur.description else None
         finally:
             conn.close()
+
+
+def create_app_database(primary: PostgresServer, dbname: str) -> None:
+    """A database owned by the owner role, whose future tables the runtime role may only read
+    and write: CONNECT, USAGE on the schema, DML on tables and USAGE/SELECT on sequences,
+    granted as default privileges for the owner (what the postgresql role does)."""
+    primary.query(f'CREATE DATABASE "{dbname}" OWNER {OWNER_ROLE}', dbname="postgres")
+    for statement in (
+        f'REVOKE ALL ON DATABASE "{dbname}" FROM PUBLIC',
+        f'GRANT CONNECT ON DATABASE "{dbname}" TO {RUNTIME_ROLE}',
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        f"GRANT USAGE ON SCHEMA public TO {RUNTIME_ROLE}",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA public"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {RUNTIME_ROLE}",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA public"
+        f" GRANT USAGE, SELECT ON SEQUENCES TO {RUNTIME_ROLE}",
+    ):
+        primary.query(statement, dbname=dbname)
 
 
 @dataclass
@@ -124,15 +175,45 @@ class Cluster:
         self.wait_replica_caught_up()
 
 
+def app_redis_acl() -> tuple[str, str]:
+    """(user, rules) the redis role gives the app, read from the inventory's group_vars."""
+    variables = yaml.safe_load(REDIS_ACL_VARS.read_text())
+    user = variables["flaskfleet_redis_app_user"]
+    rules = " ".join(variables["flaskfleet_redis_app_acl_rules"].split())
+    assert "{{" not in user + rules, f"{REDIS_ACL_VARS} must hold plain values, not templates"
+    return user, rules
+
+
 class RedisServer:
+    """Redis with the app's ACL user, an admin user for the tests' own housekeeping, and the
+    `default` user off. The users live in an ACL file, so they survive a restart."""
+
     def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory
         self.port = port
         self.process: subprocess.Popen | None = None
+        self.app_user, self.app_rules = app_redis_acl()
+        self.app_password = secrets.token_hex(16)
+        self.admin_password = secrets.token_hex(16)
+        (directory / "users.acl").write_text(
+            "user default off\n"
+            f"user admin on >{self.admin_password} ~* &* +@all\n"
+            f"user {self.app_user} on >{self.app_password} {self.app_rules}\n"
+        )
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The app's URL: its ACL user."""
+        return f"redis://{self.app_user}:{self.app_password}@127.0.0.1:{self.port}/0"
+
+    def admin(self) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            username="admin",
+            password=self.admin_password,
+            socket_connect_timeout=0.5,
+        )
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -148,12 +229,13 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--aclfile",
+                str(self.directory / "users.acl"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        wait_for(lambda: self._pings(client), what="redis to start")
+        wait_for(lambda: self._pings(self.admin()), what="redis to start")
 
     @staticmethod
     def _pings(client: redis.Redis) -> bool:
@@ -201,7 +283,9 @@ def cluster() -> Iterator[Cluster]:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
         primary.start()
         started.append(primary)
-        primary.query("CREATE DATABASE flaskfleet", dbname="postgres")
+        for role in (OWNER_ROLE, RUNTIME_ROLE):
+            primary.query(f"CREATE ROLE {role} LOGIN", dbname="postgres")
+        create_app_database(primary, "flaskfleet")
         primary.run(
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
             "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast",
@@ -217,7 +301,7 @@ def cluster() -> Iterator[Cluster]:
             )[0][0],
             what="streaming replication",
         )
-        migrations.upgrade(primary.url())
+        migrations.upgrade(primary.url(user=OWNER_ROLE))
         result.wait_replica_caught_up()
         yield result
     finally:
@@ -243,15 +327,15 @@ def redis_server() -> Iterator[RedisServer]:
 def app_env(cluster: Cluster, redis_server: RedisServer) -> dict[str, str]:
     """Configuration for a fully wired app, as the environment would give it."""
     return {
-        "FLASKFLEET_DATABASE_URL": cluster.primary.url(),
-        "FLASKFLEET_DATABASE_REPLICA_URL": cluster.replica.url(),
+        "FLASKFLEET_DATABASE_URL": cluster.primary.url(user=RUNTIME_ROLE),
+        "FLASKFLEET_DATABASE_REPLICA_URL": cluster.replica.url(user=RUNTIME_ROLE),
         "FLASKFLEET_REDIS_URL": redis_server.url,
-        "FLASKFLEET_SECRET_KEY": "test-secret",
-        "FLASKFLEET_API_TOKENS": f"{TOKEN}, {OTHER_TOKEN}",
+        "FLASKFLEET_SECRET_KEY": "test-secret-key-0123456789",
+        "FLASKFLEET_API_CLIENTS": API_CLIENTS,
         "FLASKFLEET_DB_POOL_MIN": "1",
         "FLASKFLEET_DB_POOL_MAX": "8",
         "FLASKFLEET_CACHE_TIMEOUT": "60",
-        "FLASKFLEET_RATELIMIT_DEFAULT": "1000 per second",
+        "FLASKFLEET_RATELIMIT_PER_CLIENT": "1000 per second",
         "FLASKFLEET_READ_YOUR_WRITES_SECONDS": "30",
         "FLASKFLEET_RELEASE": "test-release",
     }
@@ -263,7 +347,7 @@ def clean_state(cluster: Cluster, redis_server: RedisServer) -> None:
     cluster.primary.query(
         "TRUNCATE order_items, orders, idempotency_keys, products RESTART IDENTITY CASCADE"
     )
-    redis.Redis.from_url(redis_server.url).flushdb()
+    redis_server.admin().flushdb()
     cluster.wait_replica_caught_up()
 
 

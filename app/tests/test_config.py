@@ -1,10 +1,22 @@
 """Configuration from FLASKFLEET_* variables; bad values stop start-up with a clear message."""
 
+import json
+
 import pytest
 from flaskfleet import create_app
 from flaskfleet.config import ConfigError, Settings
 
-BASE = {"FLASKFLEET_DATABASE_URL": "postgresql://app@127.0.0.1:5432/flaskfleet"}
+BASE = {
+    "FLASKFLEET_DATABASE_URL": "postgresql://app@127.0.0.1:5432/flaskfleet",
+    "FLASKFLEET_SECRET_KEY": "a-secret-key-of-some-length",
+}
+HASH = "0123456789abcdef" * 4
+
+
+def clients(*overrides: dict) -> str:
+    """FLASKFLEET_API_CLIENTS with one valid client per override applied to it."""
+    client = {"name": "shop", "token_sha256": HASH, "scopes": ["orders:write"]}
+    return json.dumps([{**client, **override} for override in overrides])
 
 
 @pytest.mark.parametrize(
@@ -17,14 +29,50 @@ BASE = {"FLASKFLEET_DATABASE_URL": "postgresql://app@127.0.0.1:5432/flaskfleet"}
         ("FLASKFLEET_DB_POOL_MAX", "0"),
         ("FLASKFLEET_DB_POOL_MIN", "-1"),
         ("FLASKFLEET_CACHE_TIMEOUT", "1.5"),
-        ("FLASKFLEET_RATELIMIT_DEFAULT", "as fast as you like"),
+        ("FLASKFLEET_RATELIMIT_PER_CLIENT", "as fast as you like"),
         ("FLASKFLEET_READ_YOUR_WRITES_SECONDS", "soon"),
+        ("FLASKFLEET_MAX_PAGE_OFFSET", "-1"),
         ("FLASKFLEET_RELEASE", "v1\nX-Evil: 1"),
+        ("FLASKFLEET_SECRET_KEY", "too-short"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         create_app({**BASE, variable: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("not json", r"FLASKFLEET_API_CLIENTS: .*not valid JSON"),
+        ('{"name": "shop"}', r"FLASKFLEET_API_CLIENTS: .*JSON list"),
+        (clients({"name": "Shop"}), r"FLASKFLEET_API_CLIENTS\[0\]\.name: .*pattern"),
+        (clients({"name": "x" * 33}), r"\[0\]\.name: .*pattern"),
+        (clients({"name": "9lives"}), r"\[0\]\.name: .*pattern"),
+        (clients({"name": 7}), r"\[0\]\.name: .*string"),
+        (clients({"name": "legacy"}), r"\[0\]\.name: .*reserved"),
+        (clients({}, {"name": "shop", "token_sha256": "f" * 64}), r"repeated: shop"),
+        (clients({}, {"name": "other"}), r"same token_sha256"),
+        (clients({"token_sha256": HASH[:-1]}), r"\[0\]\.token_sha256: .*pattern"),
+        (clients({"token_sha256": HASH.upper()}), r"\[0\]\.token_sha256: .*pattern"),
+        (clients({"scopes": ["orders:delete"]}), r"\[0\]\.scopes\[0\]: .*'orders:read'"),
+        (clients({"scopes": []}), r"\[0\]\.scopes: .*at least 1"),
+        (clients({"token": "plain"}), r"\[0\]\.token: .*not permitted"),
+    ],
+)
+def test_bad_api_clients_are_refused(value, problem):
+    with pytest.raises(ConfigError, match=problem):
+        Settings.from_env({**BASE, "FLASKFLEET_API_CLIENTS": value})
+
+
+def test_without_a_secret_key_read_your_writes_is_off(capfd):
+    """Nothing could sign its cookie. The database URL alone (a migration run) still works."""
+    settings = Settings.from_env({"FLASKFLEET_DATABASE_URL": BASE["FLASKFLEET_DATABASE_URL"]})
+    assert settings.read_your_writes_seconds == 10
+    assert settings.read_your_writes_window == 0
+    create_app({"FLASKFLEET_DATABASE_URL": BASE["FLASKFLEET_DATABASE_URL"]})
+    assert "read-your-writes is off" in capfd.readouterr().err
+    assert Settings.from_env(BASE).read_your_writes_window == 10
 
 
 def test_database_url_is_required():
@@ -41,19 +89,35 @@ def test_values_are_parsed():
     settings = Settings.from_env(
         {
             **BASE,
-            "FLASKFLEET_API_TOKENS": " one, two ,,three ",
+            "FLASKFLEET_API_CLIENTS": clients(
+                {}, {"name": "admin_1", "token_sha256": "f" * 64, "scopes": ["orders:read"] * 2}
+            ),
             "FLASKFLEET_DB_POOL_MAX": "4",
             "FLASKFLEET_REDIS_URL": "",
             "UNRELATED": "ignored",
         }
     )
-    assert [token.get_secret_value() for token in settings.api_tokens] == ["one", "two", "three"]
+    assert [(client.name, client.scopes) for client in settings.api_clients] == [
+        ("shop", {"orders:write"}),
+        ("admin_1", {"orders:read"}),
+    ]
+    assert settings.ratelimit_per_client == "50 per second"
+    assert settings.max_page_offset == 10_000
     assert settings.db_pool_max == 4
     assert settings.redis_url is None
     assert settings.database_replica_url is None
     assert settings.release == "0.1.0"
     # Secrets stay out of reprs and logs.
     assert "127.0.0.1" not in repr(settings)
+    assert HASH not in repr(settings)
+    assert "a-secret-key" not in repr(settings)
+
+
+def test_replaced_variables_are_reported_not_fatal(capfd):
+    create_app({**BASE, "FLASKFLEET_API_TOKENS": "t", "FLASKFLEET_RATELIMIT_DEFAULT": "1/s"})
+    warned = capfd.readouterr().err
+    assert "FLASKFLEET_API_TOKENS" in warned
+    assert "FLASKFLEET_RATELIMIT_DEFAULT" in warned
 
 
 def test_app_starts_without_servers_and_reports_them_down():

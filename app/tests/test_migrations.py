@@ -6,17 +6,21 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg2
 import pytest
+from conftest import OWNER_ROLE, create_app_database
 from flaskfleet import migrations
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+LATEST = [version for version, _ in migrations.available()]
 
 
 @pytest.fixture
 def fresh_database(cluster, request):
+    """An empty database set up as in production; migrations run as its owner role."""
     name = "migrate_" + request.node.name.lower().replace("test_", "")[:40]
     cluster.primary.query(f'DROP DATABASE IF EXISTS "{name}"', dbname="postgres")
-    cluster.primary.query(f'CREATE DATABASE "{name}"', dbname="postgres")
+    create_app_database(cluster.primary, name)
     yield name
     cluster.primary.query(f'DROP DATABASE "{name}" WITH (FORCE)', dbname="postgres")
 
@@ -36,15 +40,17 @@ def flask_db_upgrade(database_url: str) -> subprocess.CompletedProcess:
 
 
 def test_upgrade_command_applies_once(cluster, fresh_database):
-    url = cluster.primary.url(fresh_database)
+    url = cluster.primary.url(fresh_database, user=OWNER_ROLE)
     first = flask_db_upgrade(url)
     assert first.returncode == 0, first.stderr
-    assert "applied: 0001_shop" in first.stdout
+    assert "applied: 0001_shop, 0002_order_owners" in first.stdout
     second = flask_db_upgrade(url)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
-    rows = cluster.primary.query("SELECT version FROM schema_migrations", dbname=fresh_database)
-    assert rows == [("0001_shop",)]
+    rows = cluster.primary.query(
+        "SELECT version FROM schema_migrations ORDER BY 1", dbname=fresh_database
+    )
+    assert [version for (version,) in rows] == LATEST
     tables = cluster.primary.query(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
         dbname=fresh_database,
@@ -59,7 +65,7 @@ def test_upgrade_command_applies_once(cluster, fresh_database):
 
 
 def test_concurrent_upgrades_apply_each_migration_once(cluster, fresh_database):
-    url = cluster.primary.url(fresh_database)
+    url = cluster.primary.url(fresh_database, user=OWNER_ROLE)
     runners = 5
     barrier = threading.Barrier(runners)
     applied, failures = [], []
@@ -77,7 +83,42 @@ def test_concurrent_upgrades_apply_each_migration_once(cluster, fresh_database):
     for thread in threads:
         thread.join()
     assert failures == []
-    assert sorted(applied) == [[]] * (runners - 1) + [["0001_shop"]]
+    assert sorted(applied) == [[]] * (runners - 1) + [LATEST]
+
+
+def test_order_owners_migration_carries_existing_rows_over(cluster, fresh_database):
+    """Rows from before 0002 get random public ids and the owner 'legacy'; afterwards every
+    order and idempotency key must name its owner, and keys are unique per owner only."""
+    conn = cluster.primary.connect(fresh_database, user=OWNER_ROLE)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(dict(migrations.available())["0001_shop"])
+            cur.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now());"
+                " INSERT INTO schema_migrations VALUES ('0001_shop');"
+                " INSERT INTO orders (total_cents) SELECT n FROM generate_series(1, 50) n;"
+                " INSERT INTO idempotency_keys (key, request_hash) VALUES ('old-key', 'h');"
+            )
+        assert migrations.upgrade(cluster.primary.url(fresh_database, user=OWNER_ROLE)) == [
+            "0002_order_owners"
+        ]
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(DISTINCT public_id), min(owner), max(owner) FROM orders")
+            assert cur.fetchone() == (50, "legacy", "legacy")
+            cur.execute("SELECT public_id FROM orders")
+            assert all(len(public_id) == 36 for (public_id,) in cur.fetchall())
+            cur.execute("SELECT owner FROM idempotency_keys WHERE key = 'old-key'")
+            assert cur.fetchone() == ("legacy",)
+            # The same key for another owner is a different key.
+            cur.execute(
+                "INSERT INTO idempotency_keys (owner, key, request_hash)"
+                " VALUES ('shop', 'old-key', 'h')"
+            )
+            with pytest.raises(psycopg2.errors.NotNullViolation):
+                cur.execute("INSERT INTO orders (total_cents) VALUES (1)")
+    finally:
+        conn.close()
 
 
 def test_upgrade_command_fails_clearly_on_bad_configuration():
@@ -89,4 +130,4 @@ def test_upgrade_command_fails_clearly_on_bad_configuration():
 def test_migrations_ship_in_the_package():
     versions = [version for version, _ in migrations.available()]
     assert versions == sorted(versions)
-    assert versions[0] == "0001_shop"
+    assert versions[:2] == ["0001_shop", "0002_order_owners"]

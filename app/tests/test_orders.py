@@ -1,8 +1,13 @@
-"""Orders: stock reservation in one transaction, idempotent creation, no overselling."""
+"""Orders: stock reservation in one transaction, idempotent creation, no overselling, and
+each client sees only its own orders, by public id."""
 
+import re
 import threading
+import uuid
 
-from conftest import AUTH
+from conftest import AUTH, bearer
+
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 def order_body(*lines):
@@ -26,9 +31,10 @@ def test_order_reserves_stock_and_totals(client, product):
         {"product_id": mug["id"], "quantity": 3, "unit_price_cents": 800},
         {"product_id": pen["id"], "quantity": 3, "unit_price_cents": 150},
     ]
+    assert UUID4.match(order["id"])
     assert response.headers["Location"] == f"/api/v1/orders/{order['id']}"
     assert client.get(f"/api/v1/products/{mug['id']}").json["stock"] == 2
-    assert client.get(f"/api/v1/orders/{order['id']}").json == order
+    assert client.get(f"/api/v1/orders/{order['id']}", headers=AUTH).json == order
 
 
 def test_insufficient_stock_is_409_and_changes_nothing(client, product, cluster):
@@ -131,3 +137,78 @@ def test_parallel_orders_never_oversell(app, product, cluster):
         "SELECT coalesce(sum(quantity), 0) FROM order_items WHERE product_id = %s", (item["id"],)
     )
     assert sold == available
+
+
+def test_orders_belong_to_their_client_and_show_only_the_public_id(client, product, cluster):
+    item = product(sku="OWNED", stock=10)
+    placed = client.post("/api/v1/orders", json=order_body((item["id"], 1)), headers=bearer("shop"))
+    assert placed.status_code == 201
+    order = placed.json
+    ((pk, owner),) = cluster.primary.query(
+        "SELECT id, owner FROM orders WHERE public_id = %s", (order["id"],)
+    )
+    assert owner == "shop"
+    # The public id is the only id shown; the sequential key appears nowhere.
+    assert UUID4.match(order["id"])
+    assert placed.headers["Location"] == f"/api/v1/orders/{order['id']}"
+    assert set(order) == {"id", "status", "total_cents", "created_at", "items"}
+
+    url = f"/api/v1/orders/{order['id']}"
+    assert client.get(url, headers=bearer("shop")).json == order
+    # Another client's order is answered exactly as one that does not exist.
+    foreign = client.get(url, headers=AUTH)
+    absent_id = str(uuid.uuid4())
+    absent = client.get(f"/api/v1/orders/{absent_id}", headers=AUTH)
+    assert foreign.status_code == absent.status_code == 404
+    assert foreign.json == {
+        "error": {**absent.json["error"], "message": f"order {order['id']} does not exist"}
+    }
+    assert absent.json["error"]["message"] == f"order {absent_id} does not exist"
+    # A sequential id is no address at all.
+    assert client.get(f"/api/v1/orders/{pk}", headers=bearer("shop")).status_code == 404
+
+
+def test_orders_need_their_scopes(client, product):
+    item = product(sku="SCOPED", stock=10)
+    body = order_body((item["id"], 1))
+    order = client.post("/api/v1/orders", json=body, headers=AUTH).json
+    url = f"/api/v1/orders/{order['id']}"
+    for response in (client.get(url), client.post("/api/v1/orders", json=body)):
+        assert response.status_code == 401
+        assert response.json["error"]["code"] == "unauthorized"
+    # catalog holds products:write only.
+    for response, scope in (
+        (client.get(url, headers=bearer("catalog")), "orders:read"),
+        (client.post("/api/v1/orders", json=body, headers=bearer("catalog")), "orders:write"),
+    ):
+        assert response.status_code == 403
+        assert response.json["error"]["code"] == "forbidden"
+        assert scope in response.json["error"]["message"]
+        assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+def test_legacy_orders_are_readable_by_no_client(client, cluster):
+    ((public_id,),) = cluster.primary.query(
+        "INSERT INTO orders (owner, total_cents) VALUES ('legacy', 0) RETURNING public_id::text"
+    )
+    cluster.wait_replica_caught_up()
+    for name in ("admin", "shop"):
+        assert client.get(f"/api/v1/orders/{public_id}", headers=bearer(name)).status_code == 404
+
+
+def test_idempotency_keys_are_per_client(client, product, cluster):
+    item = product(sku="SHARED-KEY", stock=10)
+    key = {"Idempotency-Key": "the-same-key"}
+    mine = client.post("/api/v1/orders", json=order_body((item["id"], 1)), headers={**AUTH, **key})
+    theirs = client.post(
+        "/api/v1/orders", json=order_body((item["id"], 3)), headers={**bearer("shop"), **key}
+    )
+    assert mine.status_code == theirs.status_code == 201
+    assert "Idempotent-Replayed" not in theirs.headers
+    assert mine.json["id"] != theirs.json["id"]
+    replay = client.post(
+        "/api/v1/orders", json=order_body((item["id"], 3)), headers={**bearer("shop"), **key}
+    )
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json == theirs.json
+    assert cluster.primary.query("SELECT count(*) FROM orders")[0][0] == 2

@@ -1,6 +1,6 @@
 """Product reads and writes: pagination, caching, ETags, auth, conflicts."""
 
-from conftest import AUTH, OTHER_TOKEN
+from conftest import AUTH, bearer
 
 
 def test_create_read_update_delete(client, anonymous, product, cluster):
@@ -154,7 +154,7 @@ def test_writes_need_a_valid_token(client, product):
             assert response.json["error"]["code"] == "unauthorized"
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
     # Any configured token works; reads need none.
-    other = {"Authorization": f"Bearer {OTHER_TOKEN}"}
+    other = bearer("catalog")
     assert client.post("/api/v1/products", json=body, headers=other).status_code == 201
     assert client.get(url).status_code == 200
 

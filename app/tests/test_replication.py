@@ -61,8 +61,9 @@ def test_anonymous_reads_use_replica_writer_reads_own_writes(client, anonymous, 
     )
     assert order.status_code == 201
     order_url = f"/api/v1/orders/{order.json['id']}"
-    assert anonymous.get(order_url).status_code == 404
-    seen = client.get(order_url)
+    # The order is the client's own, but without the write cookie its read goes to the replica.
+    assert anonymous.get(order_url, headers=AUTH).status_code == 404
+    seen = client.get(order_url, headers=AUTH)
     assert seen.status_code == 200
     assert seen.json == order.json
     assert seen.headers["X-Read-Source"] == "primary"
@@ -88,10 +89,10 @@ def test_read_your_writes_window_expires(make_app, product, pause_replica):
         "/api/v1/orders", json={"items": [{"product_id": item["id"], "quantity": 1}]}, headers=AUTH
     )
     url = f"/api/v1/orders/{order.json['id']}"
-    assert client.get(url).status_code == 200
+    assert client.get(url, headers=AUTH).status_code == 200
     time.sleep(1.5)
     # After the window the writer is an ordinary reader again, served by the (paused) replica.
-    assert client.get(url).status_code == 404
+    assert client.get(url, headers=AUTH).status_code == 404
 
 
 def test_replica_down_reads_fall_back_to_primary(client, anonymous, product, cluster):

@@ -8,15 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
-from flask import Flask
+from flask import Flask, g
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flaskfleet import errors, logs, web
 from flaskfleet._version import __version__
 from flaskfleet.api import v1, v2
-from flaskfleet.cache import REDIS_OPTIONS, ProductCache
+from flaskfleet.cache import LIMITS_PREFIX, REDIS_OPTIONS, ProductCache
 from flaskfleet.config import Settings, unknown_variables
 from flaskfleet.db import ConnectionPool, Database
 from flaskfleet.migrations import db_cli
@@ -48,6 +47,27 @@ def _pool(name: str, dsn: str, settings: Settings) -> ConnectionPool:
     )
 
 
+def _limiter(settings: Settings, redis_url: str | None) -> Limiter:
+    """Requests per authenticated client, all routes together.
+
+    Anonymous requests are not counted here (nginx limits them per address in front), which
+    also spares anonymous reads the limiter's Redis round trip.
+    """
+    limiter = Limiter(
+        lambda: g.client.name,
+        application_limits=[settings.ratelimit_per_client],
+        storage_uri=redis_url or "memory://",
+        storage_options={**REDIS_OPTIONS, "key_prefix": LIMITS_PREFIX} if redis_url else {},
+        headers_enabled=True,
+        # Redis down: count in process memory instead, and never fail a request over it.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+    )
+    limiter.request_filter(lambda: g.get("client") is None)
+    limiter.exempt(ops)
+    return limiter
+
+
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """Build the app from FLASKFLEET_* environment variables, overridden by `config` if given.
 
@@ -59,6 +79,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     logs.configure()
     for name in unknown_variables(environ):
         log.warning("ignoring unknown configuration variable", extra={"variable": name})
+    if settings.read_your_writes_seconds and not settings.read_your_writes_window:
+        log.warning("FLASKFLEET_SECRET_KEY is unset: read-your-writes is off")
 
     app = Flask(__name__)
     app.config.update(
@@ -76,28 +98,18 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         _pool("replica", replica_url.get_secret_value(), settings) if replica_url else None,
     )
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    limiter = Limiter(
-        get_remote_address,
-        app=app,
-        default_limits=[settings.ratelimit_default],
-        storage_uri=redis_url or "memory://",
-        storage_options=dict(REDIS_OPTIONS) if redis_url else {},
-        key_prefix="flaskfleet",
-        headers_enabled=True,
-        # Redis down: count in process memory instead, and never fail a request over it.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
+    redis_client = redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None
     app.extensions["flaskfleet"] = Services(
         settings=settings,
         db=database,
-        cache=ProductCache(app, redis_url, settings.cache_timeout),
-        redis=redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None,
+        cache=ProductCache(redis_client, settings.cache_timeout),
+        redis=redis_client,
     )
 
+    # Hook order matters: web's hooks authenticate the client the limiter then counts.
     web.register(app)
+    _limiter(settings, redis_url).init_app(app)
     errors.register(app)
-    limiter.exempt(ops)
     app.register_blueprint(ops)
     app.register_blueprint(v1)
     app.register_blueprint(v2)

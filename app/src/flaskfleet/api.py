@@ -7,10 +7,12 @@ import binascii
 import hashlib
 import json
 import re
+import uuid
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, current_app, g, request, url_for
 
 from flaskfleet import shop
+from flaskfleet.cache import product_key
 from flaskfleet.errors import APIError
 from flaskfleet.schemas import PG_BIGINT_MAX, OrderIn, ProductIn
 from flaskfleet.web import (
@@ -20,7 +22,7 @@ from flaskfleet.web import (
     parse_body,
     query_int,
     remember_write,
-    require_token,
+    require_scope,
 )
 
 v1 = Blueprint("v1", __name__, url_prefix="/api/v1")
@@ -37,7 +39,7 @@ def _services():
     return current_app.extensions["flaskfleet"]
 
 
-def _not_found(kind: str, object_id: int) -> APIError:
+def _not_found(kind: str, object_id: object) -> APIError:
     return APIError(404, "not_found", f"{kind} {object_id} does not exist")
 
 
@@ -69,7 +71,7 @@ def _cached_read(key: str | None, query) -> tuple[object, str, str | None]:
 def _product_response(product_id: int) -> Response:
     product_id = _checked_id("product", product_id)
     body, cache_state, source = _cached_read(
-        f"product:{product_id}", lambda conn: shop.get_product(conn, product_id)
+        product_key(product_id), lambda conn: shop.get_product(conn, product_id)
     )
     if body is None:
         raise _not_found("product", product_id)
@@ -80,6 +82,17 @@ def _product_response(product_id: int) -> Response:
 def list_products_v1() -> Response:
     page = query_int("page", 1, 1, 1_000_000)
     per_page = query_int("per_page", 20, 1, MAX_PAGE_SIZE)
+    # PostgreSQL reads and discards every row before the offset: deep pages cost the database
+    # in proportion to their depth, which cursors do not.
+    max_offset = _services().settings.max_page_offset
+    if (page - 1) * per_page > max_offset:
+        raise APIError(
+            400,
+            "page_too_deep",
+            f"v1 serves offsets (page - 1) * per_page up to {max_offset};"
+            f" walk further with cursors: {url_for('v2.list_products_v2')}",
+            {"page": f"(page - 1) * per_page must not exceed {max_offset}"},
+        )
     key = _services().cache.list_key(f"v1:{page}:{per_page}")
     body, cache_state, source = _cached_read(
         key, lambda conn: shop.list_products_page(conn, page, per_page)
@@ -134,7 +147,7 @@ def get_product_v2(product_id: int) -> Response:
 
 
 @v1.post("/products")
-@require_token
+@require_scope("products:write")
 def create_product() -> Response:
     product = parse_body(ProductIn)
     services = _services()
@@ -146,7 +159,7 @@ def create_product() -> Response:
 
 
 @v1.put("/products/<int:product_id>")
-@require_token
+@require_scope("products:write")
 def replace_product(product_id: int) -> Response:
     product_id = _checked_id("product", product_id)
     product = parse_body(ProductIn)
@@ -159,7 +172,7 @@ def replace_product(product_id: int) -> Response:
 
 
 @v1.delete("/products/<int:product_id>")
-@require_token
+@require_scope("products:write")
 def delete_product(product_id: int) -> Response:
     product_id = _checked_id("product", product_id)
     services = _services()
@@ -171,7 +184,7 @@ def delete_product(product_id: int) -> Response:
 
 
 @v1.post("/orders")
-@require_token
+@require_scope("orders:write")
 def place_order() -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_PATTERN.match(key):
@@ -186,26 +199,27 @@ def place_order() -> Response:
     request_hash = hashlib.sha256(order.model_dump_json().encode()).hexdigest()
     services = _services()
     (status, body, replayed), lsn = services.db.write(
-        lambda conn: shop.place_order(conn, order, key, request_hash)
+        lambda conn: shop.place_order(conn, order, g.client.name, key, request_hash)
     )
     if not replayed:
         services.cache.invalidate_products([line["product_id"] for line in body["items"]])
     response = json_response(body, status)
-    response.headers["Location"] = url_for("v1.get_order", order_id=body["id"])
+    response.headers["Location"] = url_for("v1.get_order", public_id=body["id"])
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return remember_write(response, lsn)
 
 
-@v1.get("/orders/<int:order_id>")
-def get_order(order_id: int) -> Response:
-    order_id = _checked_id("order", order_id)
+@v1.get("/orders/<uuid:public_id>")
+@require_scope("orders:read")
+def get_order(public_id: uuid.UUID) -> Response:
     services = _services()
     order, source = services.db.read(
-        lambda conn: shop.get_order(conn, order_id), client_write_lsn()
+        lambda conn: shop.get_order(conn, public_id, g.client.name), client_write_lsn()
     )
+    # Another client's order is answered exactly like one that does not exist.
     if order is None:
-        raise _not_found("order", order_id)
+        raise _not_found("order", public_id)
     response = json_response(order)
     response.headers["X-Read-Source"] = source
     return response

@@ -1,85 +1,99 @@
-"""Product cache in Redis through Flask-Caching, bypassed (never fatal) when Redis is down.
+"""Product cache in Redis, stored as JSON and bypassed (never fatal) when Redis is down.
 
-Keys: product:<id> for one product; product-list:<generation>:<page spec> for list pages.
-A write deletes the product:<id> entries it touched and bumps the list generation, because a
-created, deleted or re-stocked product can move or change every list page and its total.
-Orphaned list pages expire with the cache timeout.
+Keys: ff:cache:product:<id> for one product; ff:cache:product-list:<generation>:<page spec>
+for list pages. A write deletes the product entries it touched and bumps the list generation,
+because a created, deleted or re-stocked product can move or change every list page and its
+total. Orphaned list pages expire with the cache timeout.
+
+Values are JSON, never pickle: whoever can write to Redis must not be able to run code in the
+app. A value that does not parse counts as a miss, and the read that follows overwrites it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import redis
-from flask import Flask
-from flask_caching import Cache
 
 from flaskfleet import metrics
 
 log = logging.getLogger(__name__)
 
-LIST_GENERATION_KEY = "product-list-generation"
+# Every key the app writes starts with ff: (the Redis ACL user may touch nothing else).
+KEY_PREFIX = "ff:"
+CACHE_PREFIX = KEY_PREFIX + "cache:"
+LIMITS_PREFIX = KEY_PREFIX + "limits"
+LIST_GENERATION_KEY = CACHE_PREFIX + "product-list-generation"
 # Short timeouts: a cache that answers slowly is worse than no cache.
 REDIS_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
 
 
+def product_key(product_id: int) -> str:
+    return f"{CACHE_PREFIX}product:{product_id}"
+
+
 class ProductCache:
-    def __init__(self, app: Flask, redis_url: str | None, timeout: int) -> None:
-        self.enabled = redis_url is not None
-        self._cache = Cache()
-        if self.enabled:
-            self._cache.init_app(
-                app,
-                config={
-                    "CACHE_TYPE": "RedisCache",
-                    "CACHE_REDIS_URL": redis_url,
-                    "CACHE_OPTIONS": dict(REDIS_OPTIONS),
-                    "CACHE_KEY_PREFIX": "flaskfleet:",
-                    "CACHE_DEFAULT_TIMEOUT": timeout,
-                },
-            )
+    def __init__(self, client: redis.Redis | None, timeout: int) -> None:
+        self._redis = client
+        self._timeout = timeout
 
     def _unreachable(self, exc: Exception) -> None:
         metrics.CACHE_REQUESTS.labels("error").inc()
         log.warning("cache unreachable, bypassing it", extra={"error": str(exc)})
 
     def get(self, key: str) -> tuple[bool, Any]:
-        """(found, value); a Redis failure counts as a miss."""
-        if not self.enabled:
+        """(found, value); a Redis failure or a value that is not JSON counts as a miss."""
+        if self._redis is None:
             return False, None
         try:
-            value = self._cache.get(key)
+            raw = self._redis.get(key)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return False, None
-        metrics.CACHE_REQUESTS.labels("miss" if value is None else "hit").inc()
-        return value is not None, value
+        if raw is None:
+            metrics.CACHE_REQUESTS.labels("miss").inc()
+            return False, None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            metrics.CACHE_REQUESTS.labels("miss").inc()
+            log.warning("ignoring a cache entry that is not JSON", extra={"key": key})
+            return False, None
+        metrics.CACHE_REQUESTS.labels("hit").inc()
+        return True, value
 
     def set(self, key: str, value: Any) -> None:
-        if not self.enabled:
+        if self._redis is None:
             return
         try:
-            self._cache.set(key, value)
+            self._redis.set(key, json.dumps(value, separators=(",", ":")), ex=self._timeout)
         except redis.RedisError as exc:
             self._unreachable(exc)
 
     def list_key(self, spec: str) -> str | None:
         """Key for a list page, or None when the generation cannot be read (skip the cache)."""
-        if not self.enabled:
+        if self._redis is None:
             return None
         try:
-            generation = self._cache.get(LIST_GENERATION_KEY) or 0
+            generation = int(self._redis.get(LIST_GENERATION_KEY) or 0)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return None
-        return f"product-list:{generation}:{spec}"
+        except ValueError:
+            log.warning("list generation is not an integer", extra={"key": LIST_GENERATION_KEY})
+            return None
+        return f"{CACHE_PREFIX}product-list:{generation}:{spec}"
 
     def invalidate_products(self, product_ids: list[int]) -> None:
-        if not self.enabled:
+        if self._redis is None:
             return
+        # One round trip; no MULTI needed, since each command is atomic on its own.
+        pipeline = self._redis.pipeline(transaction=False)
+        pipeline.delete(*(product_key(product_id) for product_id in product_ids))
+        pipeline.incr(LIST_GENERATION_KEY)
         try:
-            self._cache.delete_many(*(f"product:{product_id}" for product_id in product_ids))
-            self._cache.cache.inc(LIST_GENERATION_KEY)
+            pipeline.execute()
         except redis.RedisError as exc:
             self._unreachable(exc)

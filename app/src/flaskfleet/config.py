@@ -6,9 +6,10 @@ surfacing later as a confusing runtime error.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import limits
 import psycopg2.extensions
@@ -17,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +29,11 @@ from flaskfleet._version import __version__
 ENV_PREFIX = "FLASKFLEET_"
 
 PositiveInt = Annotated[int, Field(ge=1)]
+
+Scope = Literal["products:write", "orders:write", "orders:read"]
+# The owner the 0002 migration gives orders placed before orders had owners. No configured
+# client may take the name, so those orders stay readable in the database only.
+LEGACY_OWNER = "legacy"
 
 
 class ConfigError(RuntimeError):
@@ -41,6 +48,26 @@ def _check_dsn(value: str) -> str:
     return value
 
 
+class ApiClient(BaseModel):
+    """One entry of FLASKFLEET_API_CLIENTS: who a bearer token belongs to and what it may do.
+
+    Only the SHA-256 of the token is configured: the token itself stays with the client.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    token_sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$", repr=False)]
+    scopes: Annotated[frozenset[Scope], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value == LEGACY_OWNER:
+            raise ValueError(f"{LEGACY_OWNER!r} is reserved for orders placed before owners")
+        return value
+
+
 class Settings(BaseModel):
     """One field per FLASKFLEET_<FIELD NAME> environment variable."""
 
@@ -50,14 +77,15 @@ class Settings(BaseModel):
     database_replica_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     secret_key: SecretStr = SecretStr("")
-    api_tokens: tuple[SecretStr, ...] = ()
+    api_clients: tuple[ApiClient, ...] = ()
     db_pool_min: Annotated[int, Field(ge=0)] = 1
     db_pool_max: PositiveInt = 10
     db_pool_timeout: Annotated[float, Field(gt=0)] = 5.0
     db_connect_timeout: PositiveInt = 3
     cache_timeout: PositiveInt = 60
-    ratelimit_default: str = "1000 per second"
+    ratelimit_per_client: str = "50 per second"
     read_your_writes_seconds: Annotated[int, Field(ge=0)] = 10
+    max_page_offset: Annotated[int, Field(ge=0)] = 10_000
     release: str = __version__
     proxy_count: Annotated[int, Field(ge=0)] = 0
     max_body_bytes: PositiveInt = 64 * 1024
@@ -78,21 +106,53 @@ class Settings(BaseModel):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_clients", mode="before")
     @classmethod
-    def _split_tokens(cls, value: object) -> object:
+    def _parse_clients(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(token.strip() for token in value.split(",") if token.strip())
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(value, list):
+                raise ValueError("must be a JSON list of {name, token_sha256, scopes} objects")
         return value
 
-    @field_validator("ratelimit_default")
+    @field_validator("api_clients")
+    @classmethod
+    def _unique_clients(cls, value: tuple[ApiClient, ...]) -> tuple[ApiClient, ...]:
+        names = [client.name for client in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"client names must be unique, repeated: {', '.join(duplicates)}")
+        # One token for two clients would make the request's client depend on list order.
+        if len({client.token_sha256 for client in value}) != len(value):
+            raise ValueError("two clients have the same token_sha256")
+        return value
+
+    @field_validator("ratelimit_per_client")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:
             limits.parse_many(value)
         except ValueError as exc:
-            raise ValueError(f"{exc}; expected e.g. '1000 per second'") from None
+            raise ValueError(f"{exc}; expected e.g. '50 per second'") from None
         return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr) -> SecretStr:
+        # It signs the read-your-writes cookie: a short key would let anyone forge cookies
+        # that send their reads past the cache to the primary.
+        if 0 < len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (or unset: read-your-writes off)")
+        return value
+
+    @property
+    def read_your_writes_window(self) -> int:
+        """Seconds a writer's reads follow its writes; 0 (off) without a key to sign them.
+        A migration run (flask db upgrade) needs only the database URL."""
+        return self.read_your_writes_seconds if self.secret_key.get_secret_value() else 0
 
     @field_validator("release")
     @classmethod
@@ -125,9 +185,13 @@ class Settings(BaseModel):
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
-                where = ".".join(str(part) for part in error["loc"])
-                variable = ENV_PREFIX + where.split(".")[0].upper() if where else "configuration"
-                problems.append(f"{variable}: {error['msg']}")
+                field, *inside = error["loc"] or ("",)
+                variable = ENV_PREFIX + str(field).upper() if field else "configuration"
+                # Nested values (a client in FLASKFLEET_API_CLIENTS) are named by their path.
+                where = "".join(
+                    f"[{part}]" if isinstance(part, int) else f".{part}" for part in inside
+                )
+                problems.append(f"{variable}{where}: {error['msg']}")
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

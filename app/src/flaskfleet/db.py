@@ -195,24 +195,3 @@ def _has_replayed(conn, lsn: str) -> bool:
         )
         (replayed,) = cur.fetchone()
     return bool(replayed)
-
-
-def check(pool: ConnectionPool | None) -> dict:
-    """Readiness of one server: up or down, and for a standby its replay lag."""
-    if pool is None:
-        return {"status": "not_configured"}
-    try:
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_is_in_recovery(),"
-                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float"
-            )
-            in_recovery, lag = cur.fetchone()
-    except (DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return {"status": "down", "error": first_line[:200]}
-    result: dict = {"status": "ok", "in_recovery": in_recovery}
-    if in_recovery:
-        # Grows while the primary is idle too: it is the age of the last replayed commit.
-        result["seconds_since_last_replay"] = lag
-    return result

@@ -16,7 +16,8 @@ _STANDARD_ATTRIBUTES = frozenset(
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id and extra fields."""
+    """One JSON object per line: time, level, logger, message, request id, authenticated client
+    and extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -25,8 +26,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if has_request_context() and "request_id" in g:
-            entry["request_id"] = g.request_id
+        if has_request_context():
+            if "request_id" in g:
+                entry["request_id"] = g.request_id
+            if g.get("client") is not None:
+                entry["client"] = g.client.name
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = value

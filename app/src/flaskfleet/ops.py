@@ -1,12 +1,21 @@
-"""Operational endpoints: liveness, readiness and Prometheus metrics (never rate-limited)."""
+"""Operational endpoints: liveness, readiness and Prometheus metrics (never rate-limited).
+
+They say nothing a stranger could use: /healthz only that the process answers (the release
+and host are in the X-App-Version and X-Served-By headers, which nginx hides from the public),
+/readyz which dependency is down and the class of the error, never its message (addresses,
+DSNs); the message goes to the log.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from flaskfleet import db, metrics
-from flaskfleet.web import HOSTNAME
+
+log = logging.getLogger(__name__)
 
 ops = Blueprint("ops", __name__)
 
@@ -14,8 +23,34 @@ ops = Blueprint("ops", __name__)
 @ops.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process answers; dependencies are /readyz's business."""
-    settings = current_app.extensions["flaskfleet"].settings
-    return jsonify({"status": "ok", "version": settings.release, "host": HOSTNAME})
+    return jsonify({"status": "ok"})
+
+
+def _down(dependency: str, exc: Exception) -> dict:
+    # DatabaseUnavailable wraps the driver's error, whose class says more (OperationalError).
+    cause = exc.__cause__ if isinstance(exc, db.DatabaseUnavailable) and exc.__cause__ else exc
+    log.warning("readiness check failed", extra={"dependency": dependency, "error": str(exc)})
+    return {"status": "down", "error": type(cause).__name__}
+
+
+def _check_database(pool: db.ConnectionPool | None) -> dict:
+    """Up or down, and for a standby its replay lag."""
+    if pool is None:
+        return {"status": "not_configured"}
+    try:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_is_in_recovery(),"
+                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float"
+            )
+            in_recovery, lag = cur.fetchone()
+    except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS) as exc:
+        return _down(pool.name, exc)
+    result: dict = {"status": "ok", "in_recovery": in_recovery}
+    if in_recovery:
+        # Grows while the primary is idle too: it is the age of the last replayed commit.
+        result["seconds_since_last_replay"] = lag
+    return result
 
 
 def _check_redis(client: redis.Redis | None) -> dict:
@@ -24,7 +59,7 @@ def _check_redis(client: redis.Redis | None) -> dict:
     try:
         client.ping()
     except redis.RedisError as exc:
-        return {"status": "down", "error": str(exc)[:200]}
+        return _down("redis", exc)
     return {"status": "ok"}
 
 
@@ -33,8 +68,8 @@ def readyz() -> Response:
     """Ready while the primary answers; a missing replica or Redis only degrades the service."""
     services = current_app.extensions["flaskfleet"]
     checks = {
-        "primary": db.check(services.db.primary),
-        "replica": db.check(services.db.replica),
+        "primary": _check_database(services.db.primary),
+        "replica": _check_database(services.db.replica),
         "redis": _check_redis(services.redis),
     }
     if checks["primary"]["status"] != "ok":

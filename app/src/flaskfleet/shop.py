@@ -7,6 +7,7 @@ are stored literally.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import psycopg2.errors
@@ -133,41 +134,52 @@ def delete_product(conn, product_id: int) -> bool:
         return cur.rowcount == 1
 
 
-def get_order(conn, order_id: int) -> dict[str, Any] | None:
-    with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute(
-            "SELECT id, status, total_cents, created_at FROM orders WHERE id = %s", (order_id,)
-        )
-        order = cur.fetchone()
-        if order is None:
-            return None
-        cur.execute(
-            "SELECT product_id, quantity, unit_price_cents FROM order_items"
-            " WHERE order_id = %s ORDER BY product_id",
-            (order_id,),
-        )
-        items = cur.fetchall()
+def _order_body(cur, order_pk: int) -> dict[str, Any]:
+    """The API's view of an order: its public id stands in for the sequential key."""
+    cur.execute(
+        "SELECT public_id::text AS id, status, total_cents, created_at FROM orders WHERE id = %s",
+        (order_pk,),
+    )
+    order = cur.fetchone()
+    cur.execute(
+        "SELECT product_id, quantity, unit_price_cents FROM order_items"
+        " WHERE order_id = %s ORDER BY product_id",
+        (order_pk,),
+    )
+    items = cur.fetchall()
     return {**order, "created_at": order["created_at"].isoformat(), "items": items}
 
 
-def place_order(conn, order: OrderIn, idempotency_key: str | None, request_hash: str):
-    """Reserve stock for every line and record the order, all in the caller's transaction.
+def get_order(conn, public_id: uuid.UUID, owner: str) -> dict[str, Any] | None:
+    """The order, if it exists and belongs to `owner`: another client's order is not found."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT id FROM orders WHERE public_id = %s AND owner = %s", (str(public_id), owner)
+        )
+        row = cur.fetchone()
+        return _order_body(cur, row["id"]) if row else None
 
-    Returns (status, body, replayed). With an idempotency key, the key row is inserted first:
-    a concurrent request with the same key waits on it, then sees the stored response.
+
+def place_order(conn, order: OrderIn, owner: str, idempotency_key: str | None, request_hash: str):
+    """Reserve stock for every line and record the order for `owner`, all in the caller's
+    transaction.
+
+    Returns (status, body, replayed). With an idempotency key (scoped to the owner), the key
+    row is inserted first: a concurrent request with the same key waits on it, then sees the
+    stored response.
     """
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         if idempotency_key is not None:
             cur.execute(
-                "INSERT INTO idempotency_keys (key, request_hash) VALUES (%s, %s)"
-                " ON CONFLICT (key) DO NOTHING RETURNING key",
-                (idempotency_key, request_hash),
+                "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES (%s, %s, %s)"
+                " ON CONFLICT (owner, key) DO NOTHING RETURNING key",
+                (owner, idempotency_key, request_hash),
             )
             if cur.fetchone() is None:
                 cur.execute(
                     "SELECT request_hash, response_status, response_body"
-                    " FROM idempotency_keys WHERE key = %s",
-                    (idempotency_key,),
+                    " FROM idempotency_keys WHERE owner = %s AND key = %s",
+                    (owner, idempotency_key),
                 )
                 stored = cur.fetchone()
                 if stored["request_hash"] != request_hash:
@@ -212,18 +224,20 @@ def place_order(conn, order: OrderIn, idempotency_key: str | None, request_hash:
             lines.append((product_id, quantity, row["price_cents"]))
 
         total = sum(quantity * price for _, quantity, price in lines)
-        cur.execute("INSERT INTO orders (total_cents) VALUES (%s) RETURNING id", (total,))
-        order_id = cur.fetchone()["id"]
+        cur.execute(
+            "INSERT INTO orders (owner, total_cents) VALUES (%s, %s) RETURNING id", (owner, total)
+        )
+        order_pk = cur.fetchone()["id"]
         cur.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)"
             " VALUES (%s, %s, %s, %s)",
-            [(order_id, *line) for line in lines],
+            [(order_pk, *line) for line in lines],
         )
-        body = get_order(conn, order_id)
+        body = _order_body(cur, order_pk)
         if idempotency_key is not None:
             cur.execute(
                 "UPDATE idempotency_keys SET response_status = 201, response_body = %s"
-                " WHERE key = %s",
-                (json.dumps(body), idempotency_key),
+                " WHERE owner = %s AND key = %s",
+                (json.dumps(body), owner, idempotency_key),
             )
     return 201, body, False

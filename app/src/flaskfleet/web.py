@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import re
 import socket
@@ -12,9 +13,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ValidationError
 
 from flaskfleet import metrics
+from flaskfleet.config import ApiClient, Scope
 from flaskfleet.db import LSN_PATTERN
 from flaskfleet.errors import APIError, validation_error
 
@@ -23,15 +26,28 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Holds the primary's WAL position after this client's last write (see db.Database.read).
 WRITE_LSN_COOKIE = "flaskfleet_write_lsn"
+# Signs only that cookie: a value signed for another purpose with the same key does not verify.
+WRITE_LSN_SALT = "flaskfleet.read-your-writes"
+# The WSGI environ key under which the authenticated client's name reaches Gunicorn's access
+# log (gunicorn.conf.py), which sees the environ but not Flask's g.
+CLIENT_ENVIRON_KEY = "flaskfleet.client"
 HOSTNAME = socket.gethostname()
 
 
 def register(app: Flask) -> None:
+    """Request hooks; registered before the rate limiter's, which needs g.client."""
+
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    @app.before_request
+    def _authenticate() -> None:
+        g.client = authenticate()
+        if g.client is not None:
+            request.environ[CLIENT_ENVIRON_KEY] = g.client.name
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -51,28 +67,65 @@ def register(app: Flask) -> None:
         return response
 
 
-def require_token(view: Callable) -> Callable:
-    """Writes need `Authorization: Bearer <token>` with a configured token."""
+def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
+    """The RFC 6750 WWW-Authenticate header."""
+    challenge = 'Bearer realm="flaskfleet"'
+    if error:
+        challenge += f', error="{error}"'
+    if scope:
+        challenge += f', scope="{scope}"'
+    return {"WWW-Authenticate": challenge}
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any):
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        tokens = current_app.extensions["flaskfleet"].settings.api_tokens
-        presented_bytes = presented.strip().encode()
-        # Compare against every token, in constant time, so timing reveals nothing.
-        matched = False
-        for token in tokens:
-            matched |= hmac.compare_digest(presented_bytes, token.get_secret_value().encode())
-        if scheme.lower() != "bearer" or not presented_bytes or not matched:
-            raise APIError(
-                401,
-                "unauthorized",
-                "a valid bearer token is required for writes",
-                headers={"WWW-Authenticate": 'Bearer realm="flaskfleet"'},
-            )
-        return view(*args, **kwargs)
 
-    return wrapper
+def _unauthorized(message: str, error: str | None = None) -> APIError:
+    return APIError(401, "unauthorized", message, headers=_challenge(error))
+
+
+def authenticate() -> ApiClient | None:
+    """The client whose bearer token the request carries, or None without an Authorization header.
+
+    A header that is present but does not name a configured client is refused (401) on every
+    route, reads included: such a request must not pass as anonymous.
+    """
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, presented = header.partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise _unauthorized("the Authorization header must be 'Bearer <token>'", "invalid_request")
+    digest = hashlib.sha256(presented.encode()).hexdigest().encode()
+    # Compare with every client, in constant time, so that timing reveals nothing.
+    found = None
+    for client in current_app.extensions["flaskfleet"].settings.api_clients:
+        if hmac.compare_digest(digest, client.token_sha256.encode()):
+            found = client
+    if found is None:
+        raise _unauthorized("the bearer token is not valid", "invalid_token")
+    return found
+
+
+def require_scope(scope: Scope) -> Callable[[Callable], Callable]:
+    """The view needs an authenticated client holding `scope`: else 401 (no token) or 403."""
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any):
+            client: ApiClient | None = g.client
+            if client is None:
+                raise _unauthorized(f"a bearer token with the scope {scope} is required")
+            if scope not in client.scopes:
+                raise APIError(
+                    403,
+                    "forbidden",
+                    f"client {client.name} lacks the scope {scope}",
+                    headers=_challenge("insufficient_scope", scope),
+                )
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def parse_body(model: type[ModelT]) -> ModelT:
@@ -108,27 +161,36 @@ def query_int(name: str, default: int, minimum: int, maximum: int) -> int:
     return int(raw)
 
 
+def _write_lsn_serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt=WRITE_LSN_SALT)
+
+
 def client_write_lsn() -> str | None:
     """The WAL position of this client's last write, while it is within the window.
 
-    The cookie holds "<lsn>@<unix time of the write>": the server enforces the window itself
-    rather than trusting the client to drop the cookie. A forged value can only make this
-    client's own reads go to the primary.
+    The cookie is signed with the secret key and carries its signing time: the server enforces
+    the window itself rather than trusting the client to drop the cookie. A forged, tampered,
+    expired or future-dated cookie is ignored, so nobody can send their reads past the cache to
+    the primary at will.
     """
-    lsn, _, written_at = request.cookies.get(WRITE_LSN_COOKIE, "").partition("@")
-    if not LSN_PATTERN.match(lsn) or not written_at.isdigit():
+    window = current_app.extensions["flaskfleet"].settings.read_your_writes_window
+    cookie = request.cookies.get(WRITE_LSN_COOKIE)
+    if not window or not cookie:
         return None
-    window = current_app.extensions["flaskfleet"].settings.read_your_writes_seconds
-    return lsn if time.time() - int(written_at) < window else None
+    try:
+        lsn = _write_lsn_serializer().loads(cookie, max_age=window)
+    except BadSignature:  # SignatureExpired (too old or from the future) included
+        return None
+    return lsn if isinstance(lsn, str) and LSN_PATTERN.match(lsn) else None
 
 
 def remember_write(response: Response, lsn: str) -> Response:
     """Let this client's next reads wait for (or bypass) a replica that has not caught up."""
-    window = current_app.extensions["flaskfleet"].settings.read_your_writes_seconds
+    window = current_app.extensions["flaskfleet"].settings.read_your_writes_window
     if window:
         response.set_cookie(
             WRITE_LSN_COOKIE,
-            f"{lsn}@{int(time.time())}",
+            _write_lsn_serializer().dumps(lsn),
             max_age=window,
             httponly=True,
             samesite="Lax",
