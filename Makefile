@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
-.PHONY: help setup lock lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
+.PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
 	up down release deploy promote bench \
 	tf-apply-local tf-destroy-local
 
@@ -31,7 +31,11 @@ test: setup ## Run every test; ends with a one-line summary
 
 lint: setup test-lint ## ansible-lint (production), yamllint, tofu fmt, ruff
 
+docs: ## Regenerate each role's README.md from its meta/argument_specs.yml
+	python scripts/role_docs.py
+
 test-lint:
+	python scripts/role_docs.py --check
 	ruff check .
 	ruff format --check .
 	yamllint --strict .
