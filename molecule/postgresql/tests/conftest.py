@@ -13,6 +13,8 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 SERVICE = "postgresql@15-main"
 LOG = "/var/log/postgresql/postgresql-15-main.log"
+APP_DATABASE = "flaskfleet"
+APP_ROLES = {"owner": "flaskfleet_owner", "runtime": "flaskfleet"}
 
 
 def _host(name):
@@ -40,6 +42,20 @@ def psql(host, sql, database="postgres"):
     """Run one SQL statement as the postgres superuser; returns testinfra's CommandResult."""
     return host.run(
         f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {database} -c {shlex.quote(sql)}"
+    )
+
+
+def password(host, role):
+    """The inventory's password for one of the app's roles ('owner' or 'runtime')."""
+    name = {"owner": "postgresql_app_owner_password", "runtime": "postgresql_app_password"}[role]
+    return host.ansible.get_variables()[name]
+
+
+def psql_as(host, role, sql, server="127.0.0.1", database=APP_DATABASE):
+    """Run SQL as one of the app's roles ('owner' or 'runtime'), over TCP with its password."""
+    return host.run(
+        f"PGPASSWORD={shlex.quote(password(host, role))} psql -XAtq -v ON_ERROR_STOP=1"
+        f" -h {server} -U {APP_ROLES[role]} -d {database} -c {shlex.quote(sql)}"
     )
 
 

@@ -1,11 +1,24 @@
-"""Behaviour of the postgresql role: streaming replication, read-only replica, pg_hba, slots."""
+"""Behaviour of the postgresql role: streaming replication, read-only replica, pg_hba, slots,
+the app's owner and runtime roles, the service's sandbox."""
 
 import json
 import re
 import uuid
 
 import pytest
-from conftest import diagnostics, eventually, psql, run_converge
+from conftest import (
+    APP_DATABASE,
+    APP_ROLES,
+    SERVICE,
+    diagnostics,
+    eventually,
+    psql,
+    psql_as,
+    run_converge,
+)
+
+# systemd-analyze security rates a unit from 0 (locked down) to 10 (UNSAFE).
+MAX_EXPOSURE = 3.0
 
 
 def replica_address(replica):
@@ -75,7 +88,13 @@ def test_passwords_are_scram_hashed(primary):
         primary,
         "SELECT rolname, left(rolpassword, 14) FROM pg_authid WHERE rolpassword IS NOT NULL",
     ).stdout.split()
-    assert sorted(hashes) == sorted(["flaskfleet|SCRAM-SHA-256$", "replicator|SCRAM-SHA-256$"])
+    assert sorted(hashes) == sorted(
+        [
+            "flaskfleet|SCRAM-SHA-256$",
+            "flaskfleet_owner|SCRAM-SHA-256$",
+            "replicator|SCRAM-SHA-256$",
+        ]
+    )
 
 
 def test_replication_password_file_is_private(replica):
@@ -83,12 +102,173 @@ def test_replication_password_file_is_private(replica):
     assert (pgpass.user, pgpass.mode) == ("postgres", 0o600)
 
 
-def test_app_database_is_owned_by_the_app_user(primary):
+def test_app_database_is_owned_by_the_owner_role(primary):
     owner = psql(
         primary,
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'flaskfleet'",
     ).stdout.strip()
-    assert owner == "flaskfleet"
+    assert owner == APP_ROLES["owner"]
+
+
+def test_app_roles_have_no_special_attributes(primary):
+    attributes = psql(
+        primary,
+        "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls"
+        " FROM pg_roles WHERE rolname IN ('flaskfleet', 'flaskfleet_owner') ORDER BY rolname",
+    ).stdout.split()
+    assert attributes == ["flaskfleet|f|f|f|f|f", "flaskfleet_owner|f|f|f|f|f"]
+
+
+@pytest.fixture(scope="module")
+def owner_table(primary):
+    """A table with a serial column, created by the owner role as a migration would."""
+    table = f"orders_{uuid.uuid4().hex[:12]}"
+    create = psql_as(primary, "owner", f"CREATE TABLE {table} (id serial PRIMARY KEY, item text)")
+    assert create.rc == 0, create.stderr + diagnostics(primary)
+    return table
+
+
+def test_runtime_role_reads_and_writes_the_owners_tables(primary, replica, owner_table):
+    token = uuid.uuid4().hex
+    dml = psql_as(
+        primary,
+        "runtime",
+        f"INSERT INTO {owner_table} (item) VALUES ('draft');"  # noqa: S608 - uuid-based names
+        f" UPDATE {owner_table} SET item = '{token}' WHERE item = 'draft';"
+        f" INSERT INTO {owner_table} (item) VALUES ('to delete');"
+        f" DELETE FROM {owner_table} WHERE item = 'to delete';"
+        f" SELECT id, item FROM {owner_table} ORDER BY id",
+    )
+    assert dml.rc == 0, dml.stderr + diagnostics(primary)
+    assert dml.stdout.split() == [f"1|{token}"]
+    # The grants reach the replica with the WAL: the runtime role reads there too.
+    read = eventually(
+        lambda: psql_as(replica, "runtime", f"SELECT item FROM {owner_table}").stdout  # noqa: S608
+    )
+    assert read.strip() == token, "runtime role cannot read the row on the replica" + diagnostics(
+        replica
+    )
+
+
+@pytest.mark.parametrize(
+    ("statement", "refusal"),
+    [
+        ("DROP TABLE {table}", "must be owner of table"),
+        ("ALTER TABLE {table} ADD COLUMN note text", "must be owner of table"),
+        ("TRUNCATE {table}", "permission denied for table"),
+        ("CREATE TABLE runtime_made (id int)", "permission denied for schema public"),
+        ("CREATE TEMPORARY TABLE runtime_temp (id int)", "permission denied to create temporary"),
+    ],
+    ids=["drop", "alter", "truncate", "create", "create-temporary"],
+)
+def test_runtime_role_cannot_change_the_schema(primary, owner_table, statement, refusal):
+    result = psql_as(primary, "runtime", statement.format(table=owner_table))
+    assert result.rc != 0, f"{statement} was allowed"
+    assert refusal in result.stderr, result.stderr
+
+
+def test_runtime_role_has_exactly_its_grants(primary, owner_table):
+    grants = f"""SELECT string_agg(privilege_type, ',' ORDER BY privilege_type)
+        FROM information_schema.role_table_grants
+        WHERE grantee = 'flaskfleet' AND table_name = '{owner_table}'"""  # noqa: S608
+    table_privileges = psql(primary, grants, database=APP_DATABASE).stdout.strip()
+    assert table_privileges == "DELETE,INSERT,SELECT,UPDATE"
+    database_privileges = psql(
+        primary,
+        "SELECT string_agg(format('%s:%s:%s', role, privilege,"
+        " has_database_privilege(role, 'flaskfleet', privilege)), ' ' ORDER BY role, privilege)"
+        " FROM unnest(array['flaskfleet', 'replicator']) AS role,"
+        " unnest(array['CONNECT', 'CREATE', 'TEMPORARY']) AS privilege",
+    ).stdout.split()
+    assert database_privileges == [
+        "flaskfleet:CONNECT:true",
+        "flaskfleet:CREATE:false",
+        "flaskfleet:TEMPORARY:false",
+        # PUBLIC's default CONNECT and TEMPORARY are gone.
+        "replicator:CONNECT:false",
+        "replicator:CREATE:false",
+        "replicator:TEMPORARY:false",
+    ]
+
+
+def test_upgrade_hands_the_runtime_roles_objects_to_the_owner(primary):
+    """side_effect.yml rebuilt the previous release's state: the runtime role owned everything."""
+    owned = psql(
+        primary,
+        "SELECT count(*) FROM pg_shdepend WHERE deptype = 'o'"
+        " AND refobjid = 'flaskfleet'::regrole AND dbid IN (0,"
+        " (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        database=APP_DATABASE,
+    ).stdout.strip()
+    assert owned == "0"
+    owners = psql(
+        primary,
+        "SELECT relname, pg_get_userbyid(relowner) FROM pg_class"
+        " WHERE relname IN ('legacy_orders', 'legacy_orders_id_seq') ORDER BY relname",
+        database=APP_DATABASE,
+    ).stdout.split()
+    assert owners == ["legacy_orders|flaskfleet_owner", "legacy_orders_id_seq|flaskfleet_owner"]
+    write = psql_as(
+        primary,
+        "runtime",
+        "INSERT INTO legacy_orders (item) VALUES ('placed after the upgrade');"
+        " SELECT count(*) FROM legacy_orders",
+    )
+    assert write.rc == 0, write.stderr
+    drop = psql_as(primary, "runtime", "DROP TABLE legacy_orders")
+    assert "must be owner of table" in drop.stderr
+
+
+@pytest.mark.parametrize("role", ["owner", "runtime"])
+def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role, primary, replica):
+    """The replica host is also in group app (molecule.yml): pg_hba admits its address."""
+    server = primary.interface("eth0").addresses[0]
+    allowed = psql_as(replica, role, "SELECT current_user", server=server)
+    assert allowed.rc == 0, allowed.stderr + diagnostics(primary)
+    assert allowed.stdout.strip() == APP_ROLES[role]
+    refused = psql_as(replica, role, "SELECT 1", server=server, database="postgres")
+    assert refused.rc != 0
+    assert "no pg_hba.conf entry" in refused.stderr, refused.stderr
+
+
+def test_a_second_converge_changes_nothing_after_the_upgrade():
+    returncode, output = run_converge()
+    assert returncode == 0, output
+    assert set(re.findall(r"changed=(\d+)", output)) == {"0"}, output
+
+
+@pytest.mark.parametrize("node", ["primary", "replica"])
+def test_service_sandbox_rates_safe(node, request):
+    host = request.getfixturevalue(node)
+    report = host.run(f"systemd-analyze security {SERVICE}.service").stdout
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)
+    assert match, report
+    assert float(match.group(1)) <= MAX_EXPOSURE, report
+
+
+@pytest.mark.parametrize("node", ["primary", "replica"])
+def test_server_runs_as_postgres_without_capabilities(node, request):
+    host = request.getfixturevalue(node)
+    pid = host.run(f"systemctl show -P MainPID {SERVICE}").stdout.strip()
+    assert pid not in ("", "0"), diagnostics(host)
+    lines = host.file(f"/proc/{pid}/status").content_string.splitlines()
+    status = dict(line.split(":\t", 1) for line in lines)
+    assert status["Uid"].split()[0] == str(host.user("postgres").uid)
+    assert (status["CapEff"], status["CapBnd"]) == ("0000000000000000", "0000000000000000")
+    assert status["NoNewPrivs"] == "1"
+
+
+def test_server_cannot_write_outside_its_directories(primary):
+    # The postgres user owns its home, but the sandbox mounts it read-only.
+    write = psql(primary, "COPY (SELECT 1) TO '/var/lib/postgresql/sandbox-probe'")
+    assert write.rc != 0
+    assert "Read-only file system" in write.stderr, write.stderr
+
+
+def test_jit_is_off_under_memory_deny_write_execute(primary):
+    assert psql(primary, "SHOW jit").stdout.strip() == "off"
+    mdwe = primary.run(f"systemctl show -P MemoryDenyWriteExecute {SERVICE}").stdout.strip()
+    assert mdwe == "yes"
 
 
 @pytest.mark.parametrize(
@@ -106,8 +286,27 @@ def test_app_database_is_owned_by_the_app_user(primary):
             '{"postgresql_settings": ["shared_buffers=1GB"]}',
             "postgresql_settings",
         ),
+        (
+            "postgresql_app_owner_password=",
+            "postgresql_app_owner_password must not be empty",
+        ),
+        (
+            "postgresql_app_owner=flaskfleet",
+            "must be three different roles",
+        ),
+        (
+            '{"postgresql_settings": {"jit": true}}',
+            "postgresql_settings may not set ['jit']",
+        ),
     ],
-    ids=["empty-password", "bad-slot-name", "settings-not-a-dict"],
+    ids=[
+        "empty-password",
+        "bad-slot-name",
+        "settings-not-a-dict",
+        "empty-owner-password",
+        "owner-is-runtime-role",
+        "jit-in-settings",
+    ],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):
     returncode, output = run_converge(extra_vars)
