@@ -383,8 +383,7 @@ def test_argument_specs_defaults_match_defaults_main():
     assert set(options) == set(defaults)
     for name, spec in options.items():
         assert spec.get("description"), name
-        if "{{" not in str(defaults[name]):
-            assert spec.get("default") == defaults[name], name
+        assert spec.get("default") == defaults[name], name
 
 
 @pytest.mark.parametrize(
