@@ -25,6 +25,14 @@ locals {
   availability_zones = length(var.availability_zones) > 0 ? var.availability_zones : ["${var.region}a", "${var.region}b"]
   ami_id             = var.ami_id != null ? var.ami_id : data.aws_ami.debian[0].id
   tags               = { Project = "flaskfleet", Environment = var.name }
+  lb_url             = "https://${var.public_domain}"
+
+  # Instances are keyed by name: app-N keeps its name and subnet (spread over
+  # the private subnets by its number) whatever happens to the others.
+  private_subnet_ids = module.network.private_subnet_ids
+  app_instances = {
+    for index in range(var.app_count) : "${var.name}-app-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)]
+  }
 }
 
 module "network" {
@@ -39,11 +47,11 @@ module "network" {
 module "security" {
   source = "../../modules/aws-security"
 
-  name        = var.name
-  vpc_id      = module.network.vpc_id
-  admin_cidrs = var.admin_cidrs
-  app_port    = var.app_port
-  tags        = local.tags
+  name          = var.name
+  vpc_id        = module.network.vpc_id
+  admin_cidrs   = var.admin_cidrs
+  service_ports = var.service_ports
+  tags          = local.tags
 }
 
 resource "aws_key_pair" "admin" {
@@ -55,10 +63,9 @@ resource "aws_key_pair" "admin" {
 module "lb" {
   source = "../../modules/aws-instances"
 
-  name                = "${var.name}-lb"
+  instances           = { "${var.name}-lb" = module.network.public_subnet_ids[0] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.lb
-  subnet_ids          = module.network.public_subnet_ids
   security_group_ids  = [module.security.security_group_ids["lb"]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
@@ -69,11 +76,9 @@ module "lb" {
 module "app" {
   source = "../../modules/aws-instances"
 
-  name                = "${var.name}-app"
-  instance_count      = var.app_count
+  instances           = local.app_instances
   ami_id              = local.ami_id
   instance_type       = var.instance_types.app
-  subnet_ids          = module.network.private_subnet_ids
   security_group_ids  = [module.security.security_group_ids["app"]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
@@ -83,10 +88,9 @@ module "app" {
 module "redis" {
   source = "../../modules/aws-instances"
 
-  name                = "${var.name}-redis"
+  instances           = { "${var.name}-redis" = local.private_subnet_ids[0] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.redis
-  subnet_ids          = module.network.private_subnet_ids
   security_group_ids  = [module.security.security_group_ids["redis"]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
@@ -96,10 +100,9 @@ module "redis" {
 module "pg_primary" {
   source = "../../modules/aws-instances"
 
-  name                = "${var.name}-pg-primary"
+  instances           = { "${var.name}-pg-primary" = local.private_subnet_ids[0] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.postgres
-  subnet_ids          = [module.network.private_subnet_ids[0]]
   security_group_ids  = [module.security.security_group_ids["postgres_primary"]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
@@ -111,10 +114,9 @@ module "pg_primary" {
 module "pg_replica" {
   source = "../../modules/aws-instances"
 
-  name                = "${var.name}-pg-replica"
+  instances           = { "${var.name}-pg-replica" = local.private_subnet_ids[1] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.postgres
-  subnet_ids          = [module.network.private_subnet_ids[1]]
   security_group_ids  = [module.security.security_group_ids["postgres_replica"]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
@@ -139,7 +141,11 @@ module "inventory" {
   vars = {
     flaskfleet_environment = var.name
     flaskfleet_bastion     = module.lb.hosts[0].public_ip
-    flaskfleet_lb_url      = "http://${module.lb.hosts[0].public_ip}"
+    flaskfleet_lb_url      = local.lb_url
+    # The nginx role serves TLS for this name with a certificate from ACME
+    # (HTTP-01 on port 80), registered with this address.
+    flaskfleet_public_domain = var.public_domain
+    flaskfleet_acme_email    = var.acme_email
     # The common role's firewall admits SSH from these (comma-separated).
     flaskfleet_admin_cidrs = join(",", var.admin_cidrs)
   }

@@ -1,4 +1,14 @@
 output "ansible_inventory" {
-  description = "The Ansible inventory of this stack; `make` writes it to inventories/aws/hosts.json."
+  description = "The Ansible inventory of this stack: `tofu output -json ansible_inventory > ../../../inventories/aws/hosts.json` (see README.md)."
   value       = module.inventory.inventory
+}
+
+output "lb_url" {
+  description = "Where the stack serves its users: https://<public_domain>, once the domain's DNS points at lb_public_ip and the playbook has configured nginx."
+  value       = local.lb_url
+}
+
+output "lb_public_ip" {
+  description = "The load balancer's Elastic IP: the address public_domain's DNS A record must name (ACME HTTP-01 reaches it there), and the SSH bastion."
+  value       = module.lb.hosts[0].public_ip
 }

@@ -52,7 +52,7 @@ variable "admin_cidrs" {
   }
 
   validation {
-    condition     = !contains(var.admin_cidrs, "0.0.0.0/0")
+    condition     = alltrue([for cidr in var.admin_cidrs : !can(regex("/0$", cidr))])
     error_message = "SSH must not be open to the whole internet: narrow the admin CIDR."
   }
 }
@@ -89,14 +89,42 @@ variable "app_count" {
   }
 }
 
-variable "app_port" {
-  description = "Port the application servers listen on for the load balancer."
-  type        = number
-  default     = 8000
+variable "service_ports" {
+  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer), redis, postgresql. The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
+  type = object({
+    app        = number
+    redis      = number
+    postgresql = number
+  })
+  default = {
+    app        = 8000
+    redis      = 6379
+    postgresql = 5432
+  }
 
   validation {
-    condition     = var.app_port >= 1024 && var.app_port <= 65535 && floor(var.app_port) == var.app_port
-    error_message = "The app port must be a whole number from 1024 to 65535."
+    condition     = alltrue([for port in values(var.service_ports) : port >= 1 && port <= 65535 && floor(port) == port])
+    error_message = "Every service port must be a whole number from 1 to 65535."
+  }
+}
+
+variable "public_domain" {
+  description = "The name the stack is served under over HTTPS, e.g. shop.example.com: its DNS A record points at the load balancer (output lb_public_ip), and the nginx role gets its certificate from ACME (HTTP-01) for it."
+  type        = string
+
+  validation {
+    condition     = length(var.public_domain) <= 253 && can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", var.public_domain))
+    error_message = "The public domain must be a lower-case DNS name of at least two labels, e.g. shop.example.com."
+  }
+}
+
+variable "acme_email" {
+  description = "Contact address of the ACME account the load balancer's certificate is issued to (expiry and revocation notices), e.g. ops@example.com."
+  type        = string
+
+  validation {
+    condition     = length(var.acme_email) <= 254 && can(regex("^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]{2,}$", var.acme_email))
+    error_message = "The ACME email must be an email address, e.g. ops@example.com."
   }
 }
 

@@ -1,17 +1,15 @@
-# The instances of one tier. IMDSv2 only, encrypted root volume, detailed
-# monitoring; no public address unless the tier is public (then an Elastic IP
-# that outlives a stop/start).
-locals {
-  names = [for index in range(var.instance_count) : var.instance_count == 1 ? var.name : "${var.name}-${index + 1}"]
-}
-
+# The instances of one tier, keyed by name (like modules/lxd-instances): the
+# environment decides each one's name and subnet, so removing an instance
+# never renames or moves the others. IMDSv2 only, encrypted root volume,
+# detailed monitoring; no public address unless the tier is public (then an
+# Elastic IP that outlives a stop/start).
 resource "aws_instance" "this" {
   # checkov:skip=CKV2_AWS_41:the hosts call no AWS API, so they get no instance profile (least privilege)
-  count = var.instance_count
+  for_each = var.instances
 
   ami                    = var.ami_id
   instance_type          = var.instance_type
-  subnet_id              = var.subnet_ids[count.index % length(var.subnet_ids)]
+  subnet_id              = each.value
   vpc_security_group_ids = var.security_group_ids
   key_name               = var.key_name
   monitoring             = var.detailed_monitoring
@@ -28,14 +26,14 @@ resource "aws_instance" "this" {
     encrypted   = true
   }
 
-  tags        = merge(var.tags, { Name = local.names[count.index] })
-  volume_tags = merge(var.tags, { Name = local.names[count.index] })
+  tags        = merge(var.tags, { Name = each.key })
+  volume_tags = merge(var.tags, { Name = each.key })
 }
 
 # Neither `vpc` nor `domain`, and no tags: see modules/aws-network.
 resource "aws_eip" "this" {
   # checkov:skip=CKV2_AWS_19:each address is attached to its instance by `instance` below
-  count = var.public ? var.instance_count : 0
+  for_each = var.public ? var.instances : {}
 
-  instance = aws_instance.this[count.index].id
+  instance = aws_instance.this[each.key].id
 }

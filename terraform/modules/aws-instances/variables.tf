@@ -1,21 +1,20 @@
-variable "name" {
-  description = "Name prefix of the instances: <name>-1, <name>-2, ... (or just <name> for a single instance)."
-  type        = string
+variable "instances" {
+  description = "The instances of the tier: instance name (its Name tag and inventory host name) => the subnet it is placed in."
+  type        = map(string)
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,50}[a-z0-9]$", var.name))
-    error_message = "The name must be 2-52 characters of a-z, 0-9 and '-', starting with a letter."
+    condition     = length(var.instances) > 0 && length(var.instances) <= 50
+    error_message = "A tier has 1 to 50 instances."
   }
-}
-
-variable "instance_count" {
-  description = "How many instances of this tier."
-  type        = number
-  default     = 1
 
   validation {
-    condition     = var.instance_count >= 1 && var.instance_count <= 50 && floor(var.instance_count) == var.instance_count
-    error_message = "The instance count must be a whole number from 1 to 50."
+    condition     = alltrue([for name in keys(var.instances) : can(regex("^[a-z][a-z0-9-]{0,61}[a-z0-9]$", name))])
+    error_message = "Instance names must be valid host names: a-z, 0-9 and '-', starting with a letter, at most 63 characters."
+  }
+
+  validation {
+    condition     = alltrue([for subnet in values(var.instances) : can(regex("^subnet-[0-9a-f]+$", subnet))])
+    error_message = "Every instance's subnet is a subnet ID, e.g. subnet-0123456789abcdef0."
   }
 }
 
@@ -37,16 +36,6 @@ variable "instance_type" {
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
     error_message = "The instance type looks like t3.small."
-  }
-}
-
-variable "subnet_ids" {
-  description = "Subnets the instances are spread over, round robin."
-  type        = list(string)
-
-  validation {
-    condition     = length(var.subnet_ids) > 0
-    error_message = "Give at least one subnet."
   }
 }
 

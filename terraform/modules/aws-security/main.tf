@@ -1,26 +1,29 @@
 # One security group per tier, and only the flows the design needs:
-#   internet -> lb 80/443, admin -> lb 22 (the lb is the bastion),
-#   lb -> app 8000, app -> redis 6379, app -> postgres 5432 (primary and
-#   replica), replica -> primary 5432, lb -> every private host 22.
+#   internet -> lb 443 (HTTPS) and 80 (the HTTP->HTTPS redirect and ACME
+#   HTTP-01), admin -> lb 22 (the lb is the bastion), lb -> app, app -> redis,
+#   app -> postgres (primary and replica), replica -> primary, lb -> every
+#   private host 22.
+# The service ports come in as var.service_ports: the roles own them and the
+# playbook sets them in group_vars/all/ports.yml (tests/terraform checks that
+# the aws environment's default agrees), so this module writes none of them.
 # Every host may leave on 80/443 for package mirrors (through the NAT gateway
-# from the private subnets). The VPC resolver and time service are reachable
-# without a rule.
+# from the private subnets); the lb also reaches the ACME CA's API on 443. The
+# VPC resolver and time service are reachable without a rule.
 locals {
   tiers = toset(["lb", "app", "redis", "postgres_primary", "postgres_replica"])
 
   flows = concat(
     [
-      { from = "lb", to = "app", port = var.app_port, what = "HTTP to the application servers" },
-      { from = "app", to = "redis", port = 6379, what = "Redis" },
-      { from = "app", to = "postgres_primary", port = 5432, what = "PostgreSQL writes" },
-      { from = "app", to = "postgres_replica", port = 5432, what = "PostgreSQL reads" },
-      { from = "postgres_replica", to = "postgres_primary", port = 5432, what = "PostgreSQL streaming replication" },
+      { from = "lb", to = "app", port = var.service_ports.app, what = "HTTP to the application servers" },
+      { from = "app", to = "redis", port = var.service_ports.redis, what = "Redis" },
+      { from = "app", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
+      { from = "app", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL reads" },
+      { from = "postgres_replica", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL streaming replication" },
     ],
     [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
   )
   flow_map = { for flow in local.flows : "${flow.from}-to-${flow.to}-${flow.port}" => flow }
 
-  public_ports = { http = 80, https = 443 }
   egress_ports = { http = 80, https = 443 }
   egress_rules = { for pair in setproduct(sort(tolist(local.tiers)), keys(local.egress_ports)) : "${pair[0]}-${pair[1]}" => { tier = pair[0], port = local.egress_ports[pair[1]] } }
 }
@@ -60,21 +63,30 @@ resource "aws_security_group_rule" "flow_out" {
   to_port                  = each.value.port
 }
 
-resource "aws_security_group_rule" "public_in" {
-  # checkov:skip=CKV_AWS_260:the load balancer is the stack's public entry point; HTTP is served to redirect to HTTPS
-  for_each = local.public_ports
-
+resource "aws_security_group_rule" "https_in" {
   type              = "ingress"
-  description       = "${upper(each.key)} from the internet to the load balancer"
+  description       = "HTTPS from the internet to the load balancer"
   security_group_id = aws_security_group.tier["lb"].id
   cidr_blocks       = var.public_ingress_cidrs
   protocol          = "tcp"
-  from_port         = each.value
-  to_port           = each.value
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_security_group_rule" "http_in" {
+  # checkov:skip=CKV_AWS_260:port 80 is open to the internet only for the HTTP->HTTPS redirect and ACME HTTP-01
+  type = "ingress"
+  # AWS refuses '>' in a rule description, hence "to".
+  description       = "HTTP from the internet to the load balancer, only for the HTTP to HTTPS redirect and ACME HTTP-01"
+  security_group_id = aws_security_group.tier["lb"].id
+  cidr_blocks       = var.public_ingress_cidrs
+  protocol          = "tcp"
+  from_port         = 80
+  to_port           = 80
 }
 
 resource "aws_security_group_rule" "admin_ssh_in" {
-  # checkov:skip=CKV_AWS_24:admin_cidrs has no default and its validation rejects 0.0.0.0/0
+  # checkov:skip=CKV_AWS_24:admin_cidrs has no default and its validation rejects any /0 block, so SSH is never open to the whole internet
   type              = "ingress"
   description       = "SSH from the admin network to the bastion"
   security_group_id = aws_security_group.tier["lb"].id

@@ -19,7 +19,7 @@ variable "vpc_id" {
 }
 
 variable "public_ingress_cidrs" {
-  description = "Who may reach the load balancer on 80 and 443 (the internet by default)."
+  description = "Who may reach the load balancer on 443 (HTTPS) and 80 (the HTTP->HTTPS redirect and ACME HTTP-01); the internet by default, which ACME HTTP-01 validation needs."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 
@@ -39,19 +39,22 @@ variable "admin_cidrs" {
   }
 
   validation {
-    condition     = !contains(var.admin_cidrs, "0.0.0.0/0")
+    condition     = alltrue([for cidr in var.admin_cidrs : !can(regex("/0$", cidr))])
     error_message = "SSH must not be open to the whole internet: narrow the admin CIDR."
   }
 }
 
-variable "app_port" {
-  description = "Port the application servers listen on for the load balancer."
-  type        = number
-  default     = 8000
+variable "service_ports" {
+  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer), redis and postgresql. The roles own them; the playbook sets them in group_vars/all/ports.yml."
+  type = object({
+    app        = number
+    redis      = number
+    postgresql = number
+  })
 
   validation {
-    condition     = var.app_port >= 1 && var.app_port <= 65535 && floor(var.app_port) == var.app_port
-    error_message = "The app port must be a whole number from 1 to 65535."
+    condition     = alltrue([for port in values(var.service_ports) : port >= 1 && port <= 65535 && floor(port) == port])
+    error_message = "Every service port must be a whole number from 1 to 65535."
   }
 }
 
