@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from conftest import free_port, wait_for
+from conftest import AUTH, free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -125,13 +125,21 @@ def test_gunicorn_bind_ready_notify_metrics_and_hup(app_env, clean_state, tmp_pa
             f"{base}/healthz", headers={"X-Request-ID": "after-hup"}, timeout=5
         )
         assert served_by.headers["X-Request-ID"] == "after-hup"
+        as_admin = requests.get(
+            f"{base}/api/v2/products", headers={**AUTH, "X-Request-ID": "as-admin"}, timeout=5
+        )
+        assert as_admin.status_code == 200
 
     access = [
         json.loads(line)
         for line in log.read_text().splitlines()
         if line.startswith("{") and '"message": "request"' in line
     ]
-    assert any(entry["request_id"] == "after-hup" and entry["status"] == 200 for entry in access)
+    by_request = {entry["request_id"]: entry for entry in access}
+    assert by_request["after-hup"]["status"] == 200
+    # The client the app authenticated is in the access log line; anonymous requests have none.
+    assert by_request["as-admin"]["client"] == "admin"
+    assert by_request["after-hup"]["client"] is None
     assert all(entry["method"] == "GET" and "duration_ms" in entry for entry in access)
     assert all((entry["logger"], entry["level"]) == ("gunicorn.access", "info") for entry in access)
     # Each worker, the two after the HUP included, logs where it loaded the application from.

@@ -38,6 +38,21 @@ def test_v1_offset_pagination_is_deprecated(anonymous, product):
     assert 'rel="successor-version"' in response.headers["Link"]
 
 
+def test_v1_pages_stop_at_the_offset_cap(make_app, product):
+    for number in range(5):
+        product(sku=f"P{number}")
+    reader = make_app(FLASKFLEET_MAX_PAGE_OFFSET="4").test_client()
+    last = reader.get("/api/v1/products?page=3&per_page=2")
+    assert last.status_code == 200
+    assert [item["sku"] for item in last.json["items"]] == ["P4"]
+    response = reader.get("/api/v1/products?page=4&per_page=2")
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "page_too_deep"
+    assert set(error["fields"]) == {"page"}
+    assert "/api/v2/products" in error["message"]
+
+
 def test_v2_cursor_pagination_walks_all_products(anonymous, product):
     for number in range(5):
         product(sku=f"P{number}")

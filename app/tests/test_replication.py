@@ -5,6 +5,8 @@ import time
 
 import pytest
 from conftest import AUTH, wait_for
+from flaskfleet.web import WRITE_LSN_COOKIE, WRITE_LSN_SALT
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 
 @pytest.fixture
@@ -133,3 +135,57 @@ def test_primary_down_is_unavailable_but_replica_still_serves(make_app, cluster,
     response = client.post("/api/v1/products", json=body, headers=AUTH)
     assert response.status_code == 503
     assert response.json["error"]["code"] == "database_unavailable"
+
+
+class _SignerAt(TimestampSigner):
+    """Signs as if the clock read `offset` seconds from now."""
+
+    offset = 0
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) + self.offset
+
+
+def signed_lsn(lsn: str, *, key: str, salt: str = WRITE_LSN_SALT, offset: int = 0) -> str:
+    signer = type("Signer", (_SignerAt,), {"offset": offset})
+    return URLSafeTimedSerializer(key, salt=salt, signer=signer).dumps(lsn)
+
+
+def test_only_a_genuine_fresh_write_cookie_sends_reads_to_the_primary(
+    app_env, client, make_app, pause_replica
+):
+    """A forged, tampered, expired or future-dated cookie is ignored: the read goes where any
+    reader's would (here the paused replica, which has not seen the product yet)."""
+    pause_replica()
+    created = new_product(client, "COOKIE")
+    url = f"/api/v1/products/{created['id']}"
+    genuine = client.get_cookie(WRITE_LSN_COOKIE).value
+    key = app_env["FLASKFLEET_SECRET_KEY"]
+    lsn = URLSafeTimedSerializer(key, salt=WRITE_LSN_SALT).loads(genuine)
+    payload, _, signature = genuine.rpartition(".")
+    beyond = "FFFFFFFF/FFFFFFFF"
+    ignored = {
+        "unsigned, the old format": f"{lsn}@{int(time.time())}",
+        "tampered payload": signed_lsn(beyond, key=key).split(".")[0]
+        + genuine[genuine.index(".") :],
+        "tampered signature": payload + "." + ("A" if signature[0] != "A" else "B") + signature[1:],
+        "another key": signed_lsn(lsn, key="some-other-secret-key"),
+        "another salt": signed_lsn(lsn, key=key, salt="itsdangerous"),
+        "expired": signed_lsn(lsn, key=key, offset=-31),
+        "future-dated": signed_lsn(lsn, key=key, offset=3600),
+    }
+    app = make_app()
+
+    def read_with(cookie: str):
+        reader = app.test_client()
+        reader.set_cookie(WRITE_LSN_COOKIE, cookie)
+        return reader.get(url)
+
+    for name, cookie in ignored.items():
+        assert read_with(cookie).status_code == 404, name
+    # The genuine cookie, and one made the same way by this test (so the ones above differ
+    # from a valid cookie only in what their names say), are honoured.
+    for cookie in (genuine, signed_lsn(lsn, key=key)):
+        response = read_with(cookie)
+        assert response.status_code == 200
+        assert response.headers["X-Read-Source"] == "primary"
