@@ -181,13 +181,13 @@ def test_runtime_role_has_exactly_its_grants(primary, owner_table):
         " unnest(array['CONNECT', 'CREATE', 'TEMPORARY']) AS privilege",
     ).stdout.split()
     assert database_privileges == [
-        "flaskfleet:CONNECT:true",
-        "flaskfleet:CREATE:false",
-        "flaskfleet:TEMPORARY:false",
+        "flaskfleet:CONNECT:t",
+        "flaskfleet:CREATE:f",
+        "flaskfleet:TEMPORARY:f",
         # PUBLIC's default CONNECT and TEMPORARY are gone.
-        "replicator:CONNECT:false",
-        "replicator:CREATE:false",
-        "replicator:TEMPORARY:false",
+        "replicator:CONNECT:f",
+        "replicator:CREATE:f",
+        "replicator:TEMPORARY:f",
     ]
 
 
