@@ -192,6 +192,7 @@ def remember_write(response: Response, lsn: str) -> Response:
             WRITE_LSN_COOKIE,
             _write_lsn_serializer().dumps(lsn),
             max_age=window,
+            secure=request.is_secure,
             httponly=True,
             samesite="Lax",
             path="/",
