@@ -4,7 +4,7 @@ set -euo pipefail
 FF_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Built tools, downloads and images live outside git so a clone stays small and
 # a second `make setup` reuses them.
-FF_CACHE=${FLASKFLEET_CACHE:-$HOME/.cache/flaskfleet}
+FF_CACHE=${FF_CACHE:-$HOME/.cache/flaskfleet}
 mkdir -p "$FF_CACHE"
 # shellcheck source=../versions.env
 . "$FF_ROOT/versions.env"

@@ -242,11 +242,11 @@ def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
     body = stack.wait_ready()
     assert body["checks"]["primary"]["status"] == "ok"
     assert psql("pg-replica", "SELECT pg_is_in_recovery()") == "f"
-    ids = ",".join(str(int(order_id)) for order_id in acknowledged)
-    query = f"SELECT count(*) FROM orders WHERE id IN ({ids})"  # noqa: S608 - ints
+    ids = ",".join(f"'{uuid.UUID(order_id)}'" for order_id in acknowledged)
+    query = f"SELECT count(*) FROM orders WHERE public_id IN ({ids})"  # noqa: S608 - UUIDs
     assert psql("pg-replica", query) == str(len(acknowledged))
     for order_id in acknowledged:
-        response = requests.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
+        response = session.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
         assert response.status_code == 200, response.text
     _, after = new_product(stack)
     assert requests.get(f"{stack.url}/api/v1/products/{after['id']}", timeout=10).ok
