@@ -155,6 +155,40 @@ def test_gzip():
     assert "Content-Encoding: gzip" in headers, headers
 
 
+def api_reads(headers="", requests=8):
+    """(upstream name, X-Micro-Cache) of GETs of a micro-cached API resource."""
+    out = LB.check_output(
+        f"for i in $(seq {requests}); do curl -sf -m 5 -D /tmp/h {headers} "
+        "http://127.0.0.1/api/v1/products/1 | tr -d '\\n'; echo \" "
+        "$(sed -n 's/^X-Micro-Cache: *//Ip' /tmp/h | tr -d '\\r')\"; done"
+    )
+    return [tuple(line.split()) for line in out.splitlines()]
+
+
+def test_anonymous_api_reads_are_micro_cached():
+    reads = api_reads()
+    assert len(reads) == 8, reads
+    # The first read fills the entry (or finds one less than a TTL old); the rest
+    # are served by nginx, all with the first answer.
+    assert {status for _, status in reads[1:]} == {"HIT"}, reads
+    assert len({name for name, _ in reads}) == 1, reads
+    # The TTL is 1 s of nginx's clock, which counts whole seconds: gone 1 to 2 s later.
+    LB.run("sleep 2.5")
+    assert api_reads(requests=1)[0][1] in {"EXPIRED", "MISS"}, "the TTL is 1 s"
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["-H 'Authorization: Bearer t0ken'", "-b 'flaskfleet_write_lsn=0/16B3748@1'"],
+    ids=["bearer token", "read-your-writes cookie"],
+)
+def test_reads_with_credentials_or_a_write_cookie_skip_the_micro_cache(credentials):
+    reads = api_reads(credentials)
+    assert {status for _, status in reads} == {"BYPASS"}, reads
+    # Each went to an upstream: both app hosts answered.
+    assert {name for name, _ in reads} == set(APPS), reads
+
+
 def test_a_client_cannot_tell_the_app_its_address():
     """nginx is the edge: X-Forwarded-For and X-Real-IP from an untrusted
     client are replaced with the address the request came from."""
@@ -240,40 +274,6 @@ def test_internal_headers_hidden_from_everyone_else(path, client):
         assert "x-served-by" not in headers, headers
         assert "x-app-version" not in headers, headers
         assert "x-request-id" in headers, headers
-
-
-def api_reads(headers="", requests=8):
-    """(upstream name, X-Micro-Cache) of GETs of a micro-cached API resource."""
-    out = LB.check_output(
-        f"for i in $(seq {requests}); do curl -sf -m 5 -D /tmp/h {headers} "
-        "http://127.0.0.1/api/v1/products/1 | tr -d '\\n'; echo \" "
-        "$(sed -n 's/^X-Micro-Cache: *//Ip' /tmp/h | tr -d '\\r')\"; done"
-    )
-    return [tuple(line.split()) for line in out.splitlines()]
-
-
-def test_anonymous_api_reads_are_micro_cached():
-    reads = api_reads()
-    assert len(reads) == 8, reads
-    # The first read fills the entry (or finds one less than a TTL old); the rest
-    # are served by nginx, all with the first answer.
-    assert {status for _, status in reads[1:]} == {"HIT"}, reads
-    assert len({name for name, _ in reads}) == 1, reads
-    # The TTL is 1 s of nginx's clock, which counts whole seconds: gone 1 to 2 s later.
-    LB.run("sleep 2.5")
-    assert api_reads(requests=1)[0][1] in {"EXPIRED", "MISS"}, "the TTL is 1 s"
-
-
-@pytest.mark.parametrize(
-    "credentials",
-    ["-H 'Authorization: Bearer t0ken'", "-b 'flaskfleet_write_lsn=0/16B3748@1'"],
-    ids=["bearer token", "read-your-writes cookie"],
-)
-def test_reads_with_credentials_or_a_write_cookie_skip_the_micro_cache(credentials):
-    reads = api_reads(credentials)
-    assert {status for _, status in reads} == {"BYPASS"}, reads
-    # Each went to an upstream: both app hosts answered.
-    assert {name for name, _ in reads} == set(APPS), reads
 
 
 def test_too_large_body_refused():
