@@ -2,27 +2,13 @@
 and overrides never touch a developer's working tree) and a provider cache
 shared by every `tofu init` of the session."""
 
-import shutil
-
 import pytest
-from helpers import ROOT, TOFU, Tofu
+from helpers import Tofu, copy_terraform
 
 
 @pytest.fixture(scope="session")
 def tf_tree(tmp_path_factory):
-    """A copy of terraform/ without anything a developer's runs left behind."""
-    assert TOFU.exists(), "run `make setup` first: .tools/tofu is missing"
-    base = tmp_path_factory.mktemp("tf")
-    # terraform/cli.tfrc finds the provider mirror at ../../../.tools/providers
-    # from an environment directory: the copy gets .tools beside it too.
-    (base / ".tools").symlink_to(ROOT / ".tools")
-    tree = base / "terraform"
-    shutil.copytree(
-        ROOT / "terraform",
-        tree,
-        ignore=shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "*_override.tf"),
-    )
-    return tree
+    return copy_terraform(tmp_path_factory.mktemp("tf"))
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,31 @@ def one_line(text):
     return " ".join(text.replace("│", " ").split())
 
 
+def copy_terraform(base):
+    """base/terraform: a copy of terraform/ without anything a developer's runs
+    or settings left behind (state, overrides, tfvars, a backend.tf made from
+    backend.tf.example), so tests always start from the committed code."""
+    assert TOFU.exists(), "run `make setup` first: .tools/tofu is missing"
+    # terraform/cli.tfrc finds the provider mirror at ../../../.tools/providers
+    # from an environment directory: the copy gets .tools beside it too.
+    (base / ".tools").symlink_to(ROOT / ".tools")
+    tree = base / "terraform"
+    shutil.copytree(
+        ROOT / "terraform",
+        tree,
+        ignore=shutil.ignore_patterns(
+            ".terraform",
+            "*.tfstate",
+            "*.tfstate.*",
+            "*_override.tf",
+            "*.tfvars",
+            "*.auto.tfvars.json",
+            "backend.tf",
+        ),
+    )
+    return tree
+
+
 class Tofu:
     """`tofu -chdir=<env dir>` from the repository root, as the Makefile runs it."""
 
@@ -65,12 +90,14 @@ class Tofu:
 
 
 def write_inventory(tmp_path, env, inventory):
-    """inventories/<env>/ as `make` leaves it: committed group_vars plus hosts.json."""
+    """inventories/<env>/ as `make` leaves it: committed group_vars plus hosts.json
+    (the inventory object, or the text of `tofu output -json ansible_inventory`)."""
     inventory_dir = tmp_path / "inventories" / env
     shutil.copytree(
         ROOT / "inventories" / env, inventory_dir, ignore=shutil.ignore_patterns("hosts.json")
     )
-    (inventory_dir / "hosts.json").write_text(json.dumps(inventory, indent=2))
+    text = inventory if isinstance(inventory, str) else json.dumps(inventory, indent=2)
+    (inventory_dir / "hosts.json").write_text(text)
     return inventory_dir
 
 

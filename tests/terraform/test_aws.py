@@ -1,24 +1,48 @@
-"""terraform/environments/aws against moto's AWS API on 127.0.0.1: apply builds
-the VPC, security groups, instances and Elastic IPs and yields the inventory
-(every group, each host's ansible_host and private_ip, SSH through the lb as
-bastion); destroy removes it all. The provider is pointed at moto by an
-override file in the session's copy of terraform/, never in the repository."""
+"""terraform/environments/aws against moto's AWS API on 127.0.0.1, walked as
+its README.md walks it: remote state from backend.tf.example (S3, encrypted,
+locked), apply builds the VPC, security groups, instances and Elastic IPs and
+yields the inventory (every group, each host's ansible_host and private_ip, SSH
+through the lb as bastion, the TLS edge's domain); `tofu output -json
+ansible_inventory` written beside the committed group_vars is what
+ansible-inventory and site.yml (with a throwaway vault) see; removing an app
+node touches no other; destroy removes it all. The provider and the backend are
+pointed at moto by an override file and -backend-config in a copy of
+terraform/ of this module's own, never in the repository."""
 
 import ipaddress
 import json
+import re
+import shutil
 import socket
 import subprocess
 import time
 import uuid
+from types import SimpleNamespace
 
 import boto3
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
+from helpers import (
+    ROOT,
+    VENV_BIN,
+    Tofu,
+    ansible_env,
+    ansible_inventory,
+    copy_terraform,
+    run,
+    write_inventory,
+)
 
 GROUPS = ["lb", "app", "redis", "postgres_primary", "postgres_replica"]
 REGION = "us-east-1"
+DOMAIN = "shop.example.com"
+ACME_EMAIL = "ops@example.com"
+# What backend.tf.example sets and the test keeps (only the bucket and moto's
+# endpoint are replaced).
+STATE_KEY = "flaskfleet/flaskfleet/terraform.tfstate"
+STATE_REGION = "eu-central-1"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # moto's
 OVERRIDE = """
 provider "aws" {{
   access_key                  = "testing"
@@ -55,6 +79,7 @@ def moto(tmp_path_factory):
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    log_path = log.name
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -64,7 +89,7 @@ def moto(tmp_path_factory):
             assert server.poll() is None, "moto_server exited"
             assert time.monotonic() < deadline, "moto_server did not listen within 30 s"
             time.sleep(0.2)
-    yield url
+    yield SimpleNamespace(url=url, log=log_path)
     server.terminate()
     server.wait(timeout=30)
     log.close()
@@ -72,20 +97,47 @@ def moto(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ec2(moto):
-    return boto3.client(
-        "ec2",
-        endpoint_url=moto,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
-    )
+    return boto3.client("ec2", endpoint_url=moto.url, region_name=REGION, **CREDENTIALS)
 
 
 @pytest.fixture(scope="module")
-def stack(tofu_for, moto, ec2):
-    tofu = tofu_for("aws")
-    (tofu.env_dir / "moto_override.tf").write_text(OVERRIDE.format(url=moto))
-    tofu.init()
+def s3(moto):
+    return boto3.client("s3", endpoint_url=moto.url, region_name=STATE_REGION, **CREDENTIALS)
+
+
+@pytest.fixture(scope="module")
+def state_bucket(s3):
+    bucket = f"pt-state-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": STATE_REGION})
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def aws_tofu(tmp_path_factory, plugin_cache, moto, state_bucket):
+    """The aws environment as README.md sets it up: backend.tf from the example,
+    `tofu init` (its bucket and moto's endpoint given with -backend-config).
+    A copy of its own: the backend must not reach the session's shared copy."""
+    env_dir = copy_terraform(tmp_path_factory.mktemp("tf-aws")) / "environments" / "aws"
+    (env_dir / "moto_override.tf").write_text(OVERRIDE.format(url=moto.url))
+    shutil.copy(env_dir / "backend.tf.example", env_dir / "backend.tf")
+    tofu = Tofu(env_dir, plugin_cache)
+    tofu.env.update({key.upper(): value for key, value in CREDENTIALS.items()})
+    tofu(
+        *("init", "-input=false"),
+        *("-backend-config", f"bucket={state_bucket}"),
+        *("-backend-config", f'endpoints={{s3="{moto.url}"}}'),
+        *("-backend-config", "use_path_style=true"),
+        *("-backend-config", "skip_credentials_validation=true"),
+        *("-backend-config", "skip_requesting_account_id=true"),
+        *("-backend-config", "skip_metadata_api_check=true"),
+    )
+    tofu.initialized = True
+    return tofu
+
+
+@pytest.fixture(scope="module")
+def stack(aws_tofu, ec2):
+    tofu = aws_tofu
     # moto has no Debian AMI of the real owner: pass one it knows (the variable wins).
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     name = f"pt-{uuid.uuid4().hex[:6]}"
@@ -100,12 +152,58 @@ def stack(tofu_for, moto, ec2):
         *("-var", f"region={REGION}"),
         *("-var", 'admin_cidrs=["203.0.113.0/24"]'),
         *("-var", f"ssh_public_key={public_key} pytest"),
+        *("-var", f"public_domain={DOMAIN}"),
+        *("-var", f"acme_email={ACME_EMAIL}"),
         *("-var", f"ami_id={ami}"),
         # moto does not implement MonitorInstances.
         *("-var", "detailed_monitoring=false"),
     ]
     tofu("apply", "-auto-approve", "-input=false", *variables, timeout=600)
     return {"tofu": tofu, "name": name, "vars": variables, "inventory": tofu.inventory()}
+
+
+@pytest.fixture(scope="module")
+def inventory_dir(stack, tmp_path_factory):
+    """inventories/aws as README.md writes it: `tofu output -json
+    ansible_inventory > ../../../inventories/aws/hosts.json`, beside the
+    committed group_vars."""
+    hosts_json = stack["tofu"]("output", "-json", "ansible_inventory").stdout
+    return write_inventory(tmp_path_factory.mktemp("inv"), "aws", hosts_json)
+
+
+@pytest.fixture(scope="module")
+def vault(stack):
+    """A throwaway vault, as README.md has the operator make one:
+    `bash scripts/secrets.sh <stack>`; removed afterwards."""
+    secret_dir = ROOT / ".secrets" / stack["name"]
+    assert not secret_dir.exists(), secret_dir
+    try:
+        result = run(["bash", "scripts/secrets.sh", stack["name"]], timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield [
+            *("--vault-password-file", secret_dir / "vault-password"),
+            *("-e", f"@{secret_dir / 'vault.yml'}"),
+        ]
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)
+
+
+def hosts_by_group(stack):
+    children = stack["inventory"]["all"]["children"]
+    return {group: sorted(children[group]["hosts"]) for group in GROUPS}
+
+
+def test_state_is_remote_encrypted_and_locked(stack, s3, state_bucket, moto):
+    """backend.tf.example as given: the state object in S3, encrypted at rest,
+    and every state change under a lock file beside it."""
+    state = s3.head_object(Bucket=state_bucket, Key=STATE_KEY)
+    assert state["ServerSideEncryption"] == "AES256"
+    body = json.loads(s3.get_object(Bucket=state_bucket, Key=STATE_KEY)["Body"].read())
+    assert any(r["type"] == "aws_instance" for r in body["resources"])
+    with open(moto.log) as log:
+        locks = [line for line in log if f"PUT /{state_bucket}/{STATE_KEY}.tflock" in line]
+    assert locks, "no lock file was taken in the state bucket"
+    assert "Contents" not in s3.list_objects_v2(Bucket=state_bucket, Prefix=f"{STATE_KEY}.tflock")
 
 
 def test_apply_builds_the_network_and_instances(stack, ec2):
@@ -162,13 +260,25 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
     }
 
 
-def test_inventory_has_every_group_with_addresses(stack, tmp_path):
+def test_inventory_has_every_group_with_addresses(stack, inventory_dir):
     inventory = stack["inventory"]
     children = inventory["all"]["children"]
     assert set(GROUPS) <= set(children)
     assert len(children["app"]["hosts"]) == 2
+    assert hosts_by_group(stack) == {
+        "lb": [f"{stack['name']}-lb"],
+        "app": [f"{stack['name']}-app-1", f"{stack['name']}-app-2"],
+        "redis": [f"{stack['name']}-redis"],
+        "postgres_primary": [f"{stack['name']}-pg-primary"],
+        "postgres_replica": [f"{stack['name']}-pg-replica"],
+    }
+    inventory_vars = inventory["all"]["vars"]
+    # TLS at the edge: nginx gets the domain and the ACME contact from here.
+    assert inventory_vars["flaskfleet_lb_url"] == f"https://{DOMAIN}"
+    assert inventory_vars["flaskfleet_public_domain"] == DOMAIN
+    assert inventory_vars["flaskfleet_acme_email"] == ACME_EMAIL
     vpc = ipaddress.ip_network("10.20.0.0/16")
-    bastion = inventory["all"]["vars"]["flaskfleet_bastion"]
+    bastion = inventory_vars["flaskfleet_bastion"]
     assert ipaddress.ip_address(bastion) not in vpc
     for group in GROUPS:
         assert children[group]["hosts"], group
@@ -178,10 +288,6 @@ def test_inventory_has_every_group_with_addresses(stack, tmp_path):
             expected = bastion if group == "lb" else host_vars["private_ip"]
             assert host_vars["ansible_host"] == expected, (name, host_vars)
 
-    inventory_dir = write_inventory(tmp_path, "aws", inventory)
-    graph = ansible_inventory(inventory_dir, "--graph")
-    for group in [*GROUPS, "postgres"]:
-        assert f"@{group}:" in graph, graph
     # The connection settings resolve as Ansible will use them (debug runs on
     # the controller, so nothing connects to moto's fake addresses).
     debug = (
@@ -200,6 +306,106 @@ def test_inventory_has_every_group_with_addresses(stack, tmp_path):
             assert ("ProxyJump=admin@" + bastion in line) == (group != "lb"), line
             # The common role's firewall admits SSH from Terraform's admin_cidrs.
             assert "|admin=203.0.113.0/24" in line, line
+
+
+def test_outputs_name_the_url_and_the_address_dns_points_at(stack):
+    outputs = json.loads(stack["tofu"]("output", "-json").stdout)
+    assert outputs["lb_url"]["value"] == f"https://{DOMAIN}"
+    assert (
+        outputs["lb_public_ip"]["value"]
+        == (stack["inventory"]["all"]["vars"]["flaskfleet_bastion"])
+    )
+
+
+def test_ansible_inventory_graph_of_the_written_inventory(stack, inventory_dir):
+    graph = ansible_inventory(inventory_dir, "--graph")
+    # --graph: "  |--@group:" then "  |  |--host" lines under it.
+    members, group = {}, None
+    for line in graph.splitlines():
+        name = line.strip(" |-")
+        if name.startswith("@"):
+            group = name.removeprefix("@").removesuffix(":")
+            members[group] = []
+        elif group:
+            members[group].append(name)
+    for group, hosts in hosts_by_group(stack).items():
+        assert sorted(members[group]) == hosts, graph
+    assert "@postgres:" in graph, graph
+    assert "@postgres_primary:" in graph.split("@postgres:", 1)[1], graph
+
+
+def site_playbook(inventory_dir, vault, *args):
+    result = run(
+        [
+            *(VENV_BIN / "ansible-playbook", "-i", inventory_dir, "site.yml"),
+            *vault,
+            *("-e", "app_release=test"),
+            *args,
+        ],
+        env=ansible_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One block per play: "  play #N (pattern): name ..." up to the next one.
+    return re.split(r"\n(?=  play #\d+ )", result.stdout)[1:]
+
+
+def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
+    """`ansible-playbook -i inventories/aws site.yml --list-hosts` with the vault,
+    as README.md runs it: each play's hosts, nothing connected to."""
+    groups = hosts_by_group(stack)
+    expected = {
+        "all": sorted(host for hosts in groups.values() for host in hosts),
+        **groups,
+    }
+    plays = site_playbook(inventory_dir, vault, "--list-hosts")
+    assert [re.match(r"  play #\d+ \((\w+)\)", play)[1] for play in plays] == [
+        "all",
+        "postgres_primary",
+        "postgres_replica",
+        "redis",
+        "app",
+        "lb",
+    ]
+    for play in plays:
+        pattern = re.match(r"  play #\d+ \((\w+)\)", play)[1]
+        listed = re.search(r"hosts \((\d+)\):\n((?:      \S+\n?)*)", play)
+        assert listed, play
+        assert sorted(listed[2].split()) == expected[pattern], play
+        assert int(listed[1]) == len(expected[pattern]), play
+
+
+def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
+    """--list-tasks parses every role for these hosts without connecting."""
+    roles = ["common", "postgresql", "postgresql", "redis", "app", "nginx"]
+    plays = site_playbook(inventory_dir, vault, "--list-tasks")
+    assert len(plays) == len(roles)
+    for play, role in zip(plays, roles, strict=True):
+        assert f"      {role} : " in play, play
+
+
+def planned_changes(tofu, *variables):
+    """Resource address => actions of every change `tofu plan` would make."""
+    tofu("plan", "-input=false", "-out=test.tfplan", *variables)
+    plan = json.loads(tofu("show", "-json", "test.tfplan").stdout)
+    return {
+        change["address"]: change["change"]["actions"]
+        for change in plan["resource_changes"]
+        if change["change"]["actions"] != ["no-op"]
+    }
+
+
+def test_removing_an_app_node_touches_no_other(stack):
+    """Instances are keyed by name: app_count=1 destroys <name>-app-2 and plans
+    nothing else. Measured against a plan of the unchanged stack, because moto
+    reports no security groups on an instance, so every instance shows an
+    in-place update of vpc_security_group_ids there (not on AWS)."""
+    tofu = stack["tofu"]
+    unchanged = planned_changes(tofu, *stack["vars"])
+    assert all(actions == ["update"] for actions in unchanged.values()), unchanged
+    shrunk = planned_changes(tofu, *stack["vars"], "-var", "app_count=1")
+    app_2 = f'module.app.aws_instance.this["{stack["name"]}-app-2"]'
+    assert shrunk == {**unchanged, app_2: ["delete"]}
 
 
 def test_destroy_removes_everything(stack, ec2):

@@ -2,6 +2,7 @@
 variables that must be refused at plan time with their validation message."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -78,6 +79,35 @@ def test_aws_service_ports_agree_with_the_playbooks_ports(tofu_for):
     # The lb's security group opens 80 (redirect, ACME HTTP-01) and 443, fixed
     # by the protocols rather than chosen: nginx must listen on exactly those.
     assert (ports["nginx_listen_port"], ports["nginx_tls_port"]) == (80, 443)
+
+
+def test_aws_tfvars_example_covers_every_variable_and_passes_validation(tofu_for):
+    """terraform.tfvars.example names every variable of the aws environment
+    (required ones set, optional ones commented with their default), and its
+    values pass the variables' validation."""
+    env_dir = ROOT / "terraform" / "environments" / "aws"
+    declared = re.findall(r'^variable "(\w+)"', (env_dir / "variables.tf").read_text(), re.M)
+    example = (env_dir / "terraform.tfvars.example").read_text()
+    named = set(re.findall(r"^(?:# )?(\w+) += ", example, re.M))
+    assert set(declared) <= named, set(declared) - named
+    required = {"admin_cidrs", "ssh_public_key", "public_domain", "acme_email"}
+    assert set(re.findall(r"^(\w+) += ", example, re.M)) == required
+    tofu = tofu_for("aws")
+    tofu.init()
+    # `tofu console` reports a value that fails validation as an error (on
+    # stderr, with exit status 0) and needs no provider.
+    result = run(
+        [
+            *(TOFU, f"-chdir={tofu.env_dir}", "console", "-no-color"),
+            f"-var-file={env_dir / 'terraform.tfvars.example'}",
+        ],
+        input=f"jsonencode([{', '.join(f'var.{name}' for name in sorted(required))}])\n",
+        env=tofu.env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Invalid value for variable" not in result.stderr, result.stderr
+    assert "shop.example.com" in result.stdout, result.stdout
 
 
 def test_checkov_finds_nothing_unexplained():
