@@ -86,7 +86,7 @@ resource "aws_security_group_rule" "http_in" {
 }
 
 resource "aws_security_group_rule" "admin_ssh_in" {
-  # checkov:skip=CKV_AWS_24:admin_cidrs has no default and its validation rejects any /0 block, so SSH is never open to the whole internet
+  # checkov:skip=CKV_AWS_24:admin_cidrs has no default and its validation rejects any /0 block
   type              = "ingress"
   description       = "SSH from the admin network to the bastion"
   security_group_id = aws_security_group.tier["lb"].id
