@@ -29,6 +29,8 @@ else
   export TF_VAR_network_cidr=${FF_NETWORK_CIDR:-10.118.$((11 + $(cksum <<<"$stack" | cut -d' ' -f1) % 200)).0/24}
 fi
 export TF_WORKSPACE=$stack
+# Read by scripts/vault-password (ansible.cfg's vault password client).
+export FF_STACK=$stack
 url="http://127.0.0.1:$TF_VAR_lb_http_port"
 state=.secrets/$stack
 if [ "$stack" = ff ]; then
@@ -56,7 +58,25 @@ filtered() {
 }
 
 playbook() {
-  ansible-playbook -i "$inventory" --vault-password-file "$state/vault-password" -e "@$state/vault.yml" "$@"
+  ansible-playbook -i "$inventory" "$@"
+}
+
+# The stack's inventory group_vars: the committed local ones plus a link to
+# the stack's vault, which ansible.cfg's vault password client opens for
+# FF_STACK. So `ansible-playbook site.yml` needs no flags: for ff its
+# inventory is ansible.cfg's default, another stack adds -i $inventory.
+link_group_vars() {
+  local file
+  if [ "$stack" = ff ]; then
+    ln -sfn "../../../../$state/vault.yml" inventories/local/group_vars/all/vault.yml
+    return
+  fi
+  [ -L "$inventory/group_vars" ] && rm "$inventory/group_vars"
+  mkdir -p "$inventory/group_vars/all"
+  for file in inventories/local/group_vars/all/*.yml; do
+    [ "$(basename "$file")" = vault.yml ] || ln -sfn "$FF_ROOT/$file" "$inventory/group_vars/all/"
+  done
+  ln -sfn ../../../vault.yml "$inventory/group_vars/all/vault.yml"
 }
 
 admin_key() {
@@ -73,8 +93,7 @@ vms() {
   filtered 'Creation complete|^(Apply complete|No changes)|Error' \
     tf apply -input=false -auto-approve -compact-warnings -no-color "$@" >"$state/tofu.log" ||
     die "tofu apply failed: see $state/tofu.log"
-  mkdir -p "$inventory"
-  [ "$stack" = ff ] || ln -sfn "$FF_ROOT/inventories/local/group_vars" "$inventory/group_vars"
+  link_group_vars
   tf output -json ansible_inventory >"$inventory/hosts.json.partial"
   mv "$inventory/hosts.json.partial" "$inventory/hosts.json"
   bash scripts/known-hosts.sh "$inventory/hosts.json" >"$state/ssh/known_hosts.partial"
@@ -142,6 +161,7 @@ down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
   destroy_vms
   rm -rf "$inventory/hosts.json" "$state"
+  [ "$stack" != ff ] || rm -f inventories/local/group_vars/all/vault.yml
 }
 
 case "${1:-}" in

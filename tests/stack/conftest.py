@@ -70,10 +70,13 @@ def vault_view(name: str) -> dict:
     return yaml.safe_load(out.stdout)
 
 
+def inventory_dir() -> Path:
+    return ROOT / ("inventories/local" if STACK == "ff" else f".secrets/{STACK}/inventory")
+
+
 def inventory_hosts() -> dict[str, dict]:
     """Host name -> its inventory variables, from the stack's hosts.json."""
-    path = ROOT / ("inventories/local" if STACK == "ff" else f".secrets/{STACK}/inventory")
-    inventory = json.loads((path / "hosts.json").read_text())
+    inventory = json.loads((inventory_dir() / "hosts.json").read_text())
     return {
         name: host
         for group in inventory["all"]["children"].values()

@@ -2,20 +2,23 @@
 
 import os
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
-import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+
+from testlib import eventually, host, journal, run_playbook
+
+__all__ = ["eventually"]
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 PORT = 8000
 
 
 @pytest.fixture(scope="session")
 def app():
-    return testinfra.get_host("ansible://app-app1", ansible_inventory=INVENTORY)
+    return host("app-app1")
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +27,9 @@ def address(app):
     return app.interface("eth0").addresses[0]
 
 
-def diagnostics(host):
+def diagnostics(target):
     """The units' journal, for assertion messages."""
-    journal = host.run(
-        "journalctl -u flaskfleet.service -u flaskfleet.socket --no-pager -n 60"
-    ).stdout
-    return f"\n--- journalctl -u flaskfleet.service -u flaskfleet.socket:\n{journal}"
+    return journal(target, "flaskfleet.service", "flaskfleet.socket", lines=60)
 
 
 def http_get(host, url, max_time=5):
@@ -55,16 +55,6 @@ def worker_pids(host):
     return set(host.check_output(f"pgrep -P {main_pid(host)} || true").split())
 
 
-def eventually(check, timeout=30.0, interval=1.0):
-    """Call check() until it returns something truthy or timeout seconds pass; return the last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def build_release(name):
     """`make release RELEASE=name`: the archive's path (cached when the sources did not change)."""
     result = subprocess.run(
@@ -79,8 +69,4 @@ def build_release(name):
 
 def run_deploy(*extra_vars):
     """Run the scenario's deploy playbook (the app role) with -e arguments; (exit code, output)."""
-    args = ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "deploy.yml")]
-    for extra in extra_vars:
-        args += ["-e", extra]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    return result.returncode, result.stdout + result.stderr
+    return run_playbook(SCENARIO_DIR / "deploy.yml", *extra_vars)

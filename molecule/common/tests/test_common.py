@@ -1,21 +1,11 @@
 """Behaviour of the common role: sshd refuses root and passwords, the firewall
 drops what the inventory does not allow, and bad variables stop the role."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import testinfra
+from conftest import host, journal, private_ip, run_role_with
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-SCENARIO_DIR = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-
-APP = testinfra.get_host(f"ansible://common-app?ansible_inventory={INVENTORY}")
-LB = testinfra.get_host(f"ansible://common-lb?ansible_inventory={INVENTORY}")
+APP = host("common-app")
+LB = host("common-lb")
 
 SSH = (
     "ssh -i /root/.ssh/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no "
@@ -23,16 +13,8 @@ SSH = (
 )
 
 
-def private_ip(host):
-    return host.check_output("ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
-
-
-def journal(host, unit):
-    return host.run(f"journalctl -u {unit} --no-pager -n 40").stdout
-
-
-def firewall_state(host):
-    return host.run("nft list ruleset").stdout + journal(host, "nftables")
+def firewall_state(target):
+    return target.run("nft list ruleset").stdout + journal(target, "nftables")
 
 
 def tcp_probe(client, address, port):
@@ -101,25 +83,6 @@ def test_firewall_drops_ssh_from_outside_admin_cidrs():
     assert tcp_probe(LB, private_ip(APP), 22) == 0, firewall_state(APP)
 
 
-def run_role_with(extra_vars):
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "validation-only,",
-            str(SCENARIO_DIR / "bad_vars.yml"),
-            "-e",
-            json.dumps(extra_vars),
-        ],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "ANSIBLE_INVENTORY_ENABLED": "host_list"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("extra_vars", "message"),
     [
@@ -134,6 +97,6 @@ def run_role_with(extra_vars):
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
-    result = run_role_with(extra_vars)
+    result = run_role_with("common", extra_vars)
     assert result.returncode != 0, result.stdout
     assert message in result.stdout + result.stderr, result.stdout + result.stderr
