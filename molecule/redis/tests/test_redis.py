@@ -69,7 +69,9 @@ def test_unauthenticated_client_is_refused(private_ip):
     assert result.stdout.startswith("NOAUTH"), result.stdout + result.stderr + journal()
 
 
-@pytest.mark.parametrize("password", [APP_PASSWORD, ADMIN_PASSWORD, "any-password-at-all"])
+@pytest.mark.parametrize(
+    "password", [APP_PASSWORD, ADMIN_PASSWORD, "any-password-at-all"], ids=["app", "admin", "other"]
+)
 def test_default_user_is_off(private_ip, password):
     # Password-only AUTH is AUTH as `default`: refused whatever the password.
     result = redis_cli(private_ip, "PING", password=password)
