@@ -2,7 +2,7 @@
 drops what the inventory does not allow, and bad variables stop the role."""
 
 import pytest
-from conftest import host, journal, private_ip, run_role_with
+from conftest import eventually, host, journal, private_ip, run_role_with
 
 APP = host("common-app")
 LB = host("common-lb")
@@ -30,9 +30,11 @@ def listeners():
             f"systemctl is-active --quiet probe-{port} || "
             f"systemd-run --unit probe-{port} python3 -m http.server {port} --directory /tmp"
         )
+    # A busy machine takes a moment to start Python: wait until both answer locally.
     for port in (8000, 9999):
-        assert APP.run(f"curl -sf -m 3 -o /dev/null http://127.0.0.1:{port}/").rc == 0, journal(
-            APP, f"probe-{port}"
+        url = f"http://127.0.0.1:{port}/"
+        assert eventually(lambda url=url: APP.run(f"curl -sf -m 3 -o /dev/null {url}").rc == 0), (
+            journal(APP, f"probe-{port}")
         )
     yield private_ip(APP)
     for port in (8000, 9999):
