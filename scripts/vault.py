@@ -27,6 +27,9 @@ PASSWORDS = {
     "vault_postgresql_replication_password": 24,
     "vault_redis_admin_password": 24,
     "vault_redis_app_password": 24,
+    "vault_queue_admin_password": 24,
+    "vault_queue_producer_password": 24,
+    "vault_queue_consumer_password": 24,
     "vault_app_secret_key": 48,
 }
 # API clients and the scopes each is given (the app knows products:write, orders:write and
