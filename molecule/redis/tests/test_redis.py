@@ -5,20 +5,15 @@ refused before any change."""
 
 import json
 import os
-import re
 import secrets
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import testinfra
 import yaml
+from conftest import PROJECT_DIR, exposure, host, journal, private_ip, run_playbook, run_role_with
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 # The scenario's group_vars hold the passwords the role was converged with;
 # the app user's name comes from the file production takes it from.
 SCENARIO_VARS = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["provisioner"][
@@ -32,11 +27,11 @@ ADMIN_PASSWORD = SCENARIO_VARS["redis_admin_password"]
 ACL_FILE = "/etc/redis/users.acl"
 MAX_EXPOSURE = 3.0
 
-REDIS = testinfra.get_host(f"ansible://redis-cache1?ansible_inventory={INVENTORY}")
+REDIS = host("redis-cache1")
 
 
-def journal():
-    return REDIS.run("journalctl -u redis-server --no-pager -n 40").stdout
+def redis_journal():
+    return journal(REDIS, "redis-server")
 
 
 def main_pid():
@@ -44,55 +39,55 @@ def main_pid():
 
 
 @pytest.fixture(scope="module")
-def private_ip():
-    return REDIS.check_output("ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
+def address():
+    return private_ip(REDIS)
 
 
-def redis_cli(host, *args, user=None, password=None):
+def redis_cli(address, *args, user=None, password=None):
     """redis-cli on the Redis host; the answer (errors too) is in stdout."""
     auth = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
     login = f"--user {user} " if user else ""
     command = " ".join(shlex.quote(arg) for arg in args)
-    return REDIS.run(f"{auth}redis-cli {login}-h {host} {command}")
+    return REDIS.run(f"{auth}redis-cli {login}-h {address} {command}")
 
 
-def as_app(host, *args, password=APP_PASSWORD):
-    return redis_cli(host, *args, user=APP_USER, password=password)
+def as_app(address, *args, password=APP_PASSWORD):
+    return redis_cli(address, *args, user=APP_USER, password=password)
 
 
-def as_admin(host, *args, password=ADMIN_PASSWORD):
-    return redis_cli(host, *args, user=ADMIN_USER, password=password)
+def as_admin(address, *args, password=ADMIN_PASSWORD):
+    return redis_cli(address, *args, user=ADMIN_USER, password=password)
 
 
-def test_unauthenticated_client_is_refused(private_ip):
-    result = redis_cli(private_ip, "PING")
-    assert result.stdout.startswith("NOAUTH"), result.stdout + result.stderr + journal()
+def test_unauthenticated_client_is_refused(address):
+    result = redis_cli(address, "PING")
+    assert result.stdout.startswith("NOAUTH"), result.stdout + result.stderr + redis_journal()
 
 
 @pytest.mark.parametrize(
     "password", [APP_PASSWORD, ADMIN_PASSWORD, "any-password-at-all"], ids=["app", "admin", "other"]
 )
-def test_default_user_is_off(private_ip, password):
+def test_default_user_is_off(address, password):
     # Password-only AUTH is AUTH as `default`: refused whatever the password.
-    result = redis_cli(private_ip, "PING", password=password)
+    result = redis_cli(address, "PING", password=password)
     assert "WRONGPASS" in result.stderr, result.stdout + result.stderr
     assert result.stdout.startswith("NOAUTH"), result.stdout
-    result = redis_cli(private_ip, "PING", user="default", password=password)
+    result = redis_cli(address, "PING", user="default", password=password)
     assert "WRONGPASS" in result.stderr, result.stdout + result.stderr
 
 
-def test_wrong_password_is_refused(private_ip):
-    result = as_app(private_ip, "PING", password=secrets.token_hex(8))
-    assert "WRONGPASS" in result.stderr, result.stdout + result.stderr + journal()
+def test_wrong_password_is_refused(address):
+    result = as_app(address, "PING", password=secrets.token_hex(8))
+    assert "WRONGPASS" in result.stderr, result.stdout + result.stderr + redis_journal()
 
 
-def test_app_user_reads_and_writes_its_keys(private_ip):
+def test_app_user_reads_and_writes_its_keys(address):
     key = f"ff:test:{secrets.token_hex(4)}"
-    assert as_app(private_ip, "SET", key, "cached").stdout.strip() == "OK", journal()
-    assert as_app(private_ip, "GET", key).stdout.strip() == "cached"
+    assert as_app(address, "SET", key, "cached").stdout.strip() == "OK", redis_journal()
+    assert as_app(address, "GET", key).stdout.strip() == "cached"
     script = "return redis.call('APPEND', KEYS[1], ARGV[1])"
-    assert as_app(private_ip, "EVAL", script, "1", key, "-more").stdout.strip() == "11"
-    assert as_app(private_ip, "DEL", key).stdout.strip() == "1"
+    assert as_app(address, "EVAL", script, "1", key, "-more").stdout.strip() == "11"
+    assert as_app(address, "DEL", key).stdout.strip() == "1"
 
 
 @pytest.mark.parametrize(
@@ -108,23 +103,23 @@ def test_app_user_reads_and_writes_its_keys(private_ip):
     ],
     ids=" ".join,
 )
-def test_app_user_is_refused(private_ip, command):
-    result = as_app(private_ip, *command)
+def test_app_user_is_refused(address, command):
+    result = as_app(address, *command)
     assert result.stdout.startswith("NOPERM"), result.stdout + result.stderr
 
 
-def test_app_user_may_not_debug(private_ip):
+def test_app_user_may_not_debug(address):
     # Redis refuses DEBUG to every remote client before it looks at the ACL,
     # so the app's rules are asked directly.
-    result = as_admin(private_ip, "ACL", "DRYRUN", APP_USER, "DEBUG", "SLEEP", "0")
+    result = as_admin(address, "ACL", "DRYRUN", APP_USER, "DEBUG", "SLEEP", "0")
     assert "no permissions to run the 'debug' command" in result.stdout, result.stdout
-    assert as_app(private_ip, "DEBUG", "SLEEP", "0").stdout.startswith(("NOPERM", "ERR"))
+    assert as_app(address, "DEBUG", "SLEEP", "0").stdout.startswith(("NOPERM", "ERR"))
 
 
-def test_admin_reads_the_configuration(private_ip):
-    result = as_admin(private_ip, "CONFIG", "GET", "maxmemory-policy")
+def test_admin_reads_the_configuration(address):
+    result = as_admin(address, "CONFIG", "GET", "maxmemory-policy")
     assert result.stdout.split() == ["maxmemory-policy", "allkeys-lru"], result.stdout
-    result = as_admin(private_ip, "CONFIG", "GET", "maxmemory")
+    result = as_admin(address, "CONFIG", "GET", "maxmemory")
     assert result.stdout.split() == ["maxmemory", str(256 * 1024 * 1024)], result.stdout
 
 
@@ -137,68 +132,50 @@ def test_users_file_holds_hashes_only():
 
 
 @pytest.mark.parametrize("command", [["CONFIG", "REWRITE"], ["ACL", "SAVE"]], ids=" ".join)
-def test_server_cannot_rewrite_its_configuration(private_ip, command):
+def test_server_cannot_rewrite_its_configuration(address, command):
     before = REDIS.check_output("sha256sum /etc/redis/*")
-    result = as_admin(private_ip, *command)
+    result = as_admin(address, *command)
     assert result.stdout.startswith("ERR"), result.stdout
     assert REDIS.check_output("sha256sum /etc/redis/*") == before
 
 
 def test_sandbox_exposure_score():
-    output = REDIS.check_output("systemd-analyze security --no-pager redis-server.service")
-    match = re.search(r"Overall exposure level for redis-server\.service: ([0-9.]+)", output)
-    assert match, output
-    assert float(match.group(1)) <= MAX_EXPOSURE, output
+    score = exposure(REDIS, "redis-server.service")
+    assert score <= MAX_EXPOSURE, REDIS.check_output("systemd-analyze security redis-server")
 
 
-def test_listens_only_on_the_private_address(private_ip):
+def test_listens_only_on_the_private_address(address):
     listeners = REDIS.check_output("ss -Htln 'sport = :6379' | awk '{print $4}'").split()
-    assert listeners == [f"{private_ip}:6379"], "\n".join(listeners) + journal()
+    assert listeners == [f"{address}:6379"], "\n".join(listeners) + redis_journal()
     assert as_admin("127.0.0.1", "PING").rc != 0
 
 
 def test_supervised_by_systemd():
     service = REDIS.service("redis-server")
-    assert service.is_running, journal()
+    assert service.is_running, redis_journal()
     assert service.is_enabled
     assert REDIS.check_output("systemctl show -P Type redis-server") == "notify"
 
 
-def converge(*extra):
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            INVENTORY,
-            str(SCENARIO_DIR / "converge.yml"),
-            *extra,
-        ],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+def converge(*extra_vars):
+    """The scenario's converge playbook with -e arguments; its output."""
+    code, output = run_playbook(SCENARIO_DIR / "converge.yml", *extra_vars)
+    assert code == 0, output[-3000:]
+    return output
 
 
-def converge_ok(*extra):
-    result = converge(*extra)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    return result.stdout + result.stderr
-
-
-def test_runtime_setting_applied_without_restart(private_ip):
+def test_runtime_setting_applied_without_restart(address):
     pid_before = main_pid()
     try:
-        converge_ok("-e", json.dumps({"redis_maxmemory": "128mb"}))
-        value = as_admin(private_ip, "CONFIG", "GET", "maxmemory").stdout
+        converge(json.dumps({"redis_maxmemory": "128mb"}))
+        value = as_admin(address, "CONFIG", "GET", "maxmemory").stdout
         assert value.split() == ["maxmemory", str(128 * 1024 * 1024)], value
         assert main_pid() == pid_before
     finally:
-        converge_ok()
+        converge()
 
 
-def test_app_password_rotation_reloads_without_restart(private_ip):
+def test_app_password_rotation_reloads_without_restart(address):
     pid_before = main_pid()
     new_password = f"rotated-{secrets.token_hex(8)}"
     app_user = {
@@ -207,47 +184,28 @@ def test_app_password_rotation_reloads_without_restart(private_ip):
         "rules": "{{ flaskfleet_redis_app_acl_rules }}",
     }
     try:
-        output = converge_ok("-e", json.dumps({"redis_users": [app_user]}))
+        output = converge(json.dumps({"redis_users": [app_user]}))
         assert new_password not in output, "the password leaked into the output"
-        assert as_app(private_ip, "PING", password=new_password).stdout.strip() == "PONG"
-        assert "WRONGPASS" in as_app(private_ip, "PING").stderr
-        assert main_pid() == pid_before, journal()
+        assert as_app(address, "PING", password=new_password).stdout.strip() == "PONG"
+        assert "WRONGPASS" in as_app(address, "PING").stderr
+        assert main_pid() == pid_before, redis_journal()
     finally:
-        converge_ok()
-    assert as_app(private_ip, "PING").stdout.strip() == "PONG"
+        converge()
+    assert as_app(address, "PING").stdout.strip() == "PONG"
 
 
-def test_admin_password_rotation(private_ip):
+def test_admin_password_rotation(address):
     # The running server only knows the old admin password: the role restarts it.
     new_password = f"rotated-{secrets.token_hex(8)}"
     try:
-        output = converge_ok("-e", json.dumps({"redis_admin_password": new_password}))
+        output = converge(json.dumps({"redis_admin_password": new_password}))
         assert new_password not in output, "the password leaked into the output"
-        assert as_admin(private_ip, "PING", password=new_password).stdout.strip() == "PONG"
-        assert "WRONGPASS" in as_admin(private_ip, "PING").stderr
-        assert as_app(private_ip, "PING").stdout.strip() == "PONG"
+        assert as_admin(address, "PING", password=new_password).stdout.strip() == "PONG"
+        assert "WRONGPASS" in as_admin(address, "PING").stderr
+        assert as_app(address, "PING").stdout.strip() == "PONG"
     finally:
-        converge_ok()
-    assert as_admin(private_ip, "PING").stdout.strip() == "PONG"
-
-
-def run_role_with(extra_vars):
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "validation-only,",
-            str(SCENARIO_DIR / "bad_vars.yml"),
-            "-e",
-            json.dumps(extra_vars),
-        ],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "ANSIBLE_INVENTORY_ENABLED": "host_list"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+        converge()
+    assert as_admin(address, "PING").stdout.strip() == "PONG"
 
 
 ADMIN = {"redis_admin_password": "a-good-admin-password-1"}
@@ -291,7 +249,7 @@ def user(**changes):
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
-    result = run_role_with(extra_vars)
+    result = run_role_with("redis", extra_vars)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output, output
