@@ -34,7 +34,7 @@ from helpers import (
     write_inventory,
 )
 
-GROUPS = ["lb", "app", "redis", "postgres_primary", "postgres_replica"]
+GROUPS = ["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"]
 REGION = "us-east-1"
 DOMAIN = "shop.example.com"
 ACME_EMAIL = "ops@example.com"
@@ -227,7 +227,8 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
-    assert sum(len(r["Instances"]) for r in reservations) == 6
+    # lb, 2 app, 2 worker, redis, queue, pg-primary, pg-replica.
+    assert sum(len(r["Instances"]) for r in reservations) == 9
 
 
 def test_security_groups_allow_only_the_designed_flows(stack, ec2):
@@ -246,7 +247,9 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
                 ingress.add((by_id[pair["GroupId"]], target, port))
             for block in permission.get("IpRanges", []):
                 ingress.add((block["CidrIp"], target, port))
-    private = ["app", "redis", "postgres-primary", "postgres-replica"]
+    private = ["app", "worker", "redis", "queue", "postgres-primary", "postgres-replica"]
+    # Nothing reaches a worker but SSH through the bastion; the queue only from
+    # its producers (app) and consumers (worker).
     assert ingress == {
         ("0.0.0.0/0", "lb", 80),
         ("0.0.0.0/0", "lb", 443),
@@ -256,6 +259,10 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ("app", "postgres-primary", 5432),
         ("app", "postgres-replica", 5432),
         ("postgres-replica", "postgres-primary", 5432),
+        ("app", "queue", 6379),
+        ("worker", "queue", 6379),
+        ("worker", "postgres-primary", 5432),
+        ("worker", "postgres-replica", 5432),
         *(("lb", tier, 22) for tier in private),
     }
 
@@ -268,7 +275,9 @@ def test_inventory_has_every_group_with_addresses(stack, inventory_dir):
     assert hosts_by_group(stack) == {
         "lb": [f"{stack['name']}-lb"],
         "app": [f"{stack['name']}-app-1", f"{stack['name']}-app-2"],
+        "worker": [f"{stack['name']}-worker-1", f"{stack['name']}-worker-2"],
         "redis": [f"{stack['name']}-redis"],
+        "queue": [f"{stack['name']}-queue"],
         "postgres_primary": [f"{stack['name']}-pg-primary"],
         "postgres_replica": [f"{stack['name']}-pg-replica"],
     }
@@ -364,7 +373,9 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
         "postgres_primary",
         "postgres_replica",
         "redis",
+        "queue",
         "app",
+        "worker",
         "lb",
     ]
     for play in plays:
@@ -377,7 +388,7 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
 
 def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
     """--list-tasks parses every role for these hosts without connecting."""
-    roles = ["common", "postgresql", "postgresql", "redis", "app", "nginx"]
+    roles = ["common", "postgresql", "postgresql", "redis", "redis", "app", "worker", "nginx"]
     plays = site_playbook(inventory_dir, vault, "--list-tasks")
     assert len(plays) == len(roles)
     for play, role in zip(plays, roles, strict=True):
@@ -406,6 +417,22 @@ def test_removing_an_app_node_touches_no_other(stack):
     shrunk = planned_changes(tofu, *stack["vars"], "-var", "app_count=1")
     app_2 = f'module.app.aws_instance.this["{stack["name"]}-app-2"]'
     assert shrunk == {**unchanged, app_2: ["delete"]}
+
+
+def test_removing_a_worker_touches_no_other_and_zero_workers_is_a_valid_stack(stack):
+    """Workers are keyed by name as app nodes are; worker_count=0 plans an empty
+    worker group (the inventory allows it) and deletes both workers, nothing else."""
+    tofu = stack["tofu"]
+    unchanged = planned_changes(tofu, *stack["vars"])
+    worker = 'module.worker.aws_instance.this["{}-worker-{}"]'
+    shrunk = planned_changes(tofu, *stack["vars"], "-var", "worker_count=1")
+    assert shrunk == {**unchanged, worker.format(stack["name"], 2): ["delete"]}
+    none = planned_changes(tofu, *stack["vars"], "-var", "worker_count=0")
+    assert none == {
+        **unchanged,
+        worker.format(stack["name"], 1): ["delete"],
+        worker.format(stack["name"], 2): ["delete"],
+    }
 
 
 def test_destroy_removes_everything(stack, ec2):

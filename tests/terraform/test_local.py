@@ -15,7 +15,9 @@ import uuid
 import pytest
 from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
 
-GROUPS = ["lb", "app", "redis", "postgres_primary", "postgres_replica"]
+GROUPS = ["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"]
+# Tiers of worker_count / app_count hosts (both default to 2); every other tier has one.
+SCALED = {"app": 2, "worker": 2}
 
 
 def lxc_query(path):
@@ -124,9 +126,16 @@ def inventory_dir(stack, tmp_path_factory):
 def test_inventory_has_every_group_and_host_variable(stack):
     hosts = hosts_of(stack.inventory)
     groups = {group: [h for h, v in hosts.items() if v["group"] == group] for group in GROUPS}
-    assert len(groups["app"]) == 2, groups
-    assert all(len(groups[group]) == 1 for group in GROUPS if group != "app"), groups
+    assert {group: len(names) for group, names in groups.items()} == {
+        group: SCALED.get(group, 1) for group in GROUPS
+    }, groups
+    assert sorted(groups["worker"]) == [f"{stack.name}-worker-1", f"{stack.name}-worker-2"]
+    assert groups["queue"] == [f"{stack.name}-queue"]
     subnet = ipaddress.ip_network(stack.cidr)
+    # Fixed addresses per tier: the queue at .21, workers from .151 (after app's .101-.150).
+    assert hosts[f"{stack.name}-queue"]["private_ip"] == str(subnet[21])
+    assert hosts[f"{stack.name}-worker-1"]["private_ip"] == str(subnet[151])
+    assert len({host_vars["private_ip"] for host_vars in hosts.values()}) == len(hosts)
     for name, host_vars in hosts.items():
         assert name.startswith(f"{stack.name}-")
         assert host_vars["ansible_host"] == host_vars["private_ip"]

@@ -159,6 +159,11 @@ def test_checkov_finds_nothing_unexplained():
         ),
         (
             "local",
+            [*LOCAL_REQUIRED_VARS, "-var", "worker_count=51"],
+            "The worker count must be a whole number from 0 to 50.",
+        ),
+        (
+            "local",
             [*LOCAL_REQUIRED_VARS, "-var", "network_cidr=10.118.300.0/24"],
             "The network CIDR must be an IPv4 subnet between /16 and /24",
         ),
@@ -181,6 +186,11 @@ def test_checkov_finds_nothing_unexplained():
             "aws",
             [*AWS_REQUIRED_VARS, "-var", "app_count=0"],
             "The app count must be a whole number from 1 to 50.",
+        ),
+        (
+            "aws",
+            [*AWS_REQUIRED_VARS, "-var", "worker_count=1.5"],
+            "The worker count must be a whole number from 0 to 50.",
         ),
         (
             "aws",
@@ -210,11 +220,13 @@ def test_checkov_finds_nothing_unexplained():
     ],
     ids=[
         "local-app-count-0",
+        "local-worker-count-51",
         "local-bad-cidr",
         "local-bad-name",
         "local-privileged-port",
         "local-admin-key-not-a-key",
         "aws-app-count-0",
+        "aws-worker-count-not-whole",
         "aws-cidr-without-prefix",
         "aws-ssh-open-to-world",
         "aws-service-port-0",

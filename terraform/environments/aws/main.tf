@@ -33,6 +33,9 @@ locals {
   app_instances = {
     for index in range(var.app_count) : "${var.name}-app-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)]
   }
+  worker_instances = {
+    for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)]
+  }
 }
 
 module "network" {
@@ -97,6 +100,33 @@ module "redis" {
   tags                = local.tags
 }
 
+# The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
+# compete with the cache for memory or fall to its LRU eviction. In the second
+# zone: losing one zone takes the cache or the queue, not both.
+module "queue" {
+  source = "../../modules/aws-instances"
+
+  instances           = { "${var.name}-queue" = local.private_subnet_ids[1] }
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.queue
+  security_group_ids  = [module.security.security_group_ids["queue"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
+}
+
+module "worker" {
+  source = "../../modules/aws-instances"
+
+  instances           = local.worker_instances
+  ami_id              = local.ami_id
+  instance_type       = var.instance_types.worker
+  security_group_ids  = [module.security.security_group_ids["worker"]]
+  key_name            = aws_key_pair.admin.key_name
+  detailed_monitoring = var.detailed_monitoring
+  tags                = local.tags
+}
+
 module "pg_primary" {
   source = "../../modules/aws-instances"
 
@@ -134,6 +164,8 @@ module "inventory" {
     lb               = [for host in module.lb.hosts : { name = host.name, ansible_host = host.public_ip, private_ip = host.private_ip }]
     app              = [for host in module.app.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
     redis            = [for host in module.redis.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
+    queue            = [for host in module.queue.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
+    worker           = [for host in module.worker.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
     postgres_primary = [for host in module.pg_primary.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
     postgres_replica = [for host in module.pg_replica.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
   }

@@ -89,8 +89,19 @@ variable "app_count" {
   }
 }
 
+variable "worker_count" {
+  description = "Number of background (Celery) workers, spread over the availability zones; 0 runs none (tasks wait in the queue)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.worker_count >= 0 && var.worker_count <= 50 && floor(var.worker_count) == var.worker_count
+    error_message = "The worker count must be a whole number from 0 to 50."
+  }
+}
+
 variable "service_ports" {
-  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer), redis, postgresql. The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
+  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer), redis (the cache, and the task queue, which runs the same role), postgresql. The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
   type = object({
     app        = number
     redis      = number
@@ -135,17 +146,21 @@ variable "detailed_monitoring" {
 }
 
 variable "instance_types" {
-  description = "EC2 instance type per tier: lb, app, redis, postgres."
+  description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres."
   type = object({
     lb       = string
     app      = string
+    worker   = string
     redis    = string
+    queue    = string
     postgres = string
   })
   default = {
     lb       = "t3.micro"
     app      = "t3.small"
+    worker   = "t3.small"
     redis    = "t3.small"
+    queue    = "t3.small"
     postgres = "t3.medium"
   }
 

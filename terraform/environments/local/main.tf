@@ -1,9 +1,13 @@
 # The stack as LXD system containers on a bridge of its own. Addresses are
 # fixed per tier (static DHCP leases), so the inventory is stable across
-# restarts: lb .10, redis .20, pg-primary .30, pg-replica .31, app .101 on.
+# restarts: lb .10, redis .20, queue .21, pg-primary .30, pg-replica .31,
+# app .101-.150, worker .151-.200 (each range holds its count's maximum, 50).
 locals {
   app_instances = {
     for index in range(var.app_count) : "${var.name}-app-${index + 1}" => cidrhost(var.network_cidr, 101 + index)
+  }
+  worker_instances = {
+    for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => cidrhost(var.network_cidr, 151 + index)
   }
 }
 
@@ -61,6 +65,30 @@ module "redis" {
   admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
+# The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
+# compete with the cache for memory or fall to its LRU eviction.
+module "queue" {
+  source = "../../modules/lxd-instances"
+
+  instances             = { "${var.name}-queue" = cidrhost(var.network_cidr, 21) }
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
+}
+
+module "worker" {
+  source = "../../modules/lxd-instances"
+
+  instances             = local.worker_instances
+  image                 = var.image
+  network               = module.network.name
+  nameserver            = module.network.gateway
+  profile               = module.profile.name
+  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
+}
+
 module "pg_primary" {
   source = "../../modules/lxd-instances"
 
@@ -94,6 +122,8 @@ module "inventory" {
       lb               = module.lb.hosts
       app              = module.app.hosts
       redis            = module.redis.hosts
+      queue            = module.queue.hosts
+      worker           = module.worker.hosts
       postgres_primary = module.pg_primary.hosts
       postgres_replica = module.pg_replica.hosts
       } : group => [

@@ -31,6 +31,17 @@ variable "app_count" {
   }
 }
 
+variable "worker_count" {
+  description = "Number of background (Celery) workers; 0 runs none (tasks wait in the queue)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.worker_count >= 0 && var.worker_count <= 50 && floor(var.worker_count) == var.worker_count
+    error_message = "The worker count must be a whole number from 0 to 50."
+  }
+}
+
 variable "lb_http_port" {
   description = "Port on the host's 127.0.0.1 that forwards to port 80 on the load balancer's private address."
   type        = number

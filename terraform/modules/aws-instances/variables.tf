@@ -3,8 +3,8 @@ variable "instances" {
   type        = map(string)
 
   validation {
-    condition     = length(var.instances) > 0 && length(var.instances) <= 50
-    error_message = "A tier has 1 to 50 instances."
+    condition     = length(var.instances) <= 50
+    error_message = "A tier has at most 50 instances (it may have none, as the workers with worker_count = 0)."
   }
 
   validation {

@@ -1,8 +1,9 @@
 # One security group per tier, and only the flows the design needs:
 #   internet -> lb 443 (HTTPS) and 80 (the HTTP->HTTPS redirect and ACME
 #   HTTP-01), admin -> lb 22 (the lb is the bastion), lb -> app, app -> redis,
-#   app -> postgres (primary and replica), replica -> primary, lb -> every
-#   private host 22.
+#   app -> postgres (primary and replica), replica -> primary, app and
+#   worker -> queue (producers and consumers), worker -> postgres (primary and
+#   replica), lb -> every private host 22. Nothing else reaches a worker.
 # The service ports come in as var.service_ports: the roles own them and the
 # playbook sets them in group_vars/all/ports.yml (tests/terraform checks that
 # the aws environment's default agrees), so this module writes none of them.
@@ -10,7 +11,7 @@
 # from the private subnets); the lb also reaches the ACME CA's API on 443. The
 # VPC resolver and time service are reachable without a rule.
 locals {
-  tiers = toset(["lb", "app", "redis", "postgres_primary", "postgres_replica"])
+  tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"])
 
   flows = concat(
     [
@@ -19,6 +20,10 @@ locals {
       { from = "app", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
       { from = "app", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL reads" },
       { from = "postgres_replica", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL streaming replication" },
+      { from = "app", to = "queue", port = var.service_ports.redis, what = "Task queue (producer)" },
+      { from = "worker", to = "queue", port = var.service_ports.redis, what = "Task queue (consumer)" },
+      { from = "worker", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
+      { from = "worker", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL reads" },
     ],
     [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
   )

@@ -45,7 +45,7 @@ variable "admin_cidrs" {
 }
 
 variable "service_ports" {
-  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer), redis and postgresql. The roles own them; the playbook sets them in group_vars/all/ports.yml."
+  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer), redis (the cache and the task queue) and postgresql. The roles own them; the playbook sets them in group_vars/all/ports.yml."
   type = object({
     app        = number
     redis      = number
