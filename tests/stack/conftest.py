@@ -1,130 +1,67 @@
 """The whole stack, end to end through 127.0.0.1: a stack of its own (FF_STACK,
 default fft, on FF_HTTP_PORT, default 8091) so a developer's `make up` stack is
 never touched. `make up` brings it up; the session ends with `make down` unless
-FF_KEEP_STACK=1."""
+FF_KEEP_STACK=1. The stack is driven by scripts/stacklib.py, which make bench shares."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from stacklib import STACK_SH, Stack, recap_changed
+
 STACK = os.environ.get("FF_STACK", "fft")
 PORT = int(os.environ.get("FF_HTTP_PORT", "8091"))
-ENV = {**os.environ, "FF_STACK": STACK, "FF_HTTP_PORT": str(PORT)}
-LOG_DIR = ROOT / ".secrets" / STACK
+driver = Stack(STACK, PORT)
+LOG_DIR = driver.state
 
+# The tests' helpers, each on this session's stack.
+run = driver.run
+playbook = driver.playbook
+lxc = driver.lxc
+instance = driver.instance
+psql = driver.psql
+vault_view = driver.vault_view
+inventory_dir = driver.inventory_dir
+inventory_hosts = driver.inventory_hosts
 
-def run(*cmd: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-6000:]}\n"
-            f"{result.stderr[-3000:]}"
-        )
-    return result
-
-
-def playbook(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return run("bash", "scripts/stack.sh", "ansible-playbook", *args, timeout=timeout)
-
-
-def recap_changed(output: str) -> dict[str, int]:
-    return {
-        host: int(changed)
-        for host, changed in re.findall(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)
-    }
-
-
-def lxc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run("lxc", *args, timeout=180, check=check)
-
-
-def instance(tier: str) -> str:
-    return f"{STACK}-{tier}"
-
-
-def psql(tier: str, sql: str) -> str:
-    out = lxc("exec", instance(tier), "--", "runuser", "-u", "postgres", "--",
-              "psql", "-d", "flaskfleet", "-Atc", sql)  # fmt: skip
-    return out.stdout.strip()
-
-
-def vault_view(name: str) -> dict:
-    """One of the stack's ansible-vault files (.secrets/<stack>/<name>), decrypted in memory."""
-    out = run(".venv/bin/ansible-vault", "view", "--vault-password-file",
-              str(LOG_DIR / "vault-password"), str(LOG_DIR / name))  # fmt: skip
-    return yaml.safe_load(out.stdout)
-
-
-def inventory_dir() -> Path:
-    return ROOT / ("inventories/local" if STACK == "ff" else f".secrets/{STACK}/inventory")
-
-
-def inventory_hosts() -> dict[str, dict]:
-    """Host name -> its inventory variables, from the stack's hosts.json."""
-    inventory = json.loads((inventory_dir() / "hosts.json").read_text())
-    return {
-        name: host
-        for group in inventory["all"]["children"].values()
-        for name, host in group.get("hosts", {}).items()
-    }
-
-
-@dataclass
-class Stack:
-    # The public URL (127.0.0.1, published) and the load balancer's private address as the
-    # admin network reaches it: the only place /metrics, /readyz and X-Served-By are served.
-    url: str
-    ops_url: str
-    tokens: dict[str, str]
-
-    @property
-    def token(self) -> str:
-        """The catalogue manager's token: every scope."""
-        return self.tokens["admin"]
-
-    def session(self, client: str = "admin") -> requests.Session:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {self.tokens[client]}"
-        return session
-
-    def wait_ready(self, expect: str = "ready", timeout: float = 90) -> dict:
-        deadline = time.monotonic() + timeout
-        body: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                response = requests.get(f"{self.ops_url}/readyz", timeout=3)
-                body = response.json()
-                if body.get("status") == expect:
-                    return body
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(1)
-        raise AssertionError(f"/readyz never said {expect!r}; last answer: {body}")
+__all__ = [
+    "LOG_DIR",
+    "Load",
+    "instance",
+    "inventory_dir",
+    "inventory_hosts",
+    "lxc",
+    "playbook",
+    "psql",
+    "recap_changed",
+    "run",
+    "vault_view",
+]
 
 
 @pytest.fixture(scope="session")
-def stack() -> Stack:
-    up = run("bash", "scripts/stack.sh", "up", timeout=2400)
-    url = up.stdout.strip().splitlines()[-1].removesuffix("/api/v1/products")
-    lb_address = inventory_hosts()[instance("lb")]["private_ip"]
-    yield Stack(url=url, ops_url=f"http://{lb_address}", tokens=vault_view("api-tokens.yml"))
+def stack() -> Iterator[Stack]:
+    """The stack, up: its url, ops_url, tokens, session(client) and wait_ready()."""
+    driver.run(*STACK_SH, "up", timeout=2400)
+    # Read now, so that a stack without its inventory or tokens fails the session's setup
+    # once rather than every test.
+    assert driver.ops_url and driver.tokens
+    yield driver
     if os.environ.get("FF_KEEP_STACK") != "1":
-        run("bash", "scripts/stack.sh", "down", timeout=600, check=False)
+        driver.run(*STACK_SH, "down", timeout=600, check=False)
 
 
 @dataclass

@@ -1,0 +1,194 @@
+"""A whole stack on this machine, from Python: brought up and down by scripts/stack.sh, read
+through its inventory (hosts.json) and its vault, reached with `lxc exec` and through
+127.0.0.1. The stack suite (tests/stack/conftest.py) and make bench (bench/run.py) both
+drive their stack with it: each puts this directory on sys.path and imports stacklib, as
+the Molecule scenarios do with molecule/_shared/testlib.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_SH = ("bash", "scripts/stack.sh")
+Answer = TypeVar("Answer")
+
+
+class StackError(AssertionError):
+    """A command failed or the stack was not ready in time. An AssertionError: in a test it is
+    the expectation that failed; make bench exits with its message."""
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, as scripts/lib.sh's log() writes it."""
+    print(f"\033[1;34m==>\033[0m {message}", file=sys.stderr, flush=True)
+
+
+def recap_changed(output: str) -> dict[str, int]:
+    """Host -> its changed= count, from the PLAY RECAP in ansible-playbook's output."""
+    return {
+        host: int(changed)
+        for host, changed in re.findall(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)
+    }
+
+
+def wait_for(
+    fetch: Callable[[], Answer],
+    until: Callable[[Answer], bool],
+    what: str,
+    seconds: float,
+    interval: float = 1.0,
+) -> Answer:
+    """fetch() until until(answer) holds, and return that answer. A fetch that raises OSError
+    (no connection yet; requests' errors are OSErrors) or ValueError (no JSON yet) is no answer."""
+    deadline = time.monotonic() + seconds
+    answer = None
+    while True:
+        try:
+            answer = fetch()
+            if until(answer):
+                return answer
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"{what}: not within {seconds:.0f} s; last answer: {answer!r}")
+        time.sleep(interval)
+
+
+class Stack:
+    """The stack `name` (FF_STACK), published on 127.0.0.1:`port` (FF_HTTP_PORT). Its
+    instances are <name>-<tier>[-N]; its secrets and logs are in .secrets/<name>/."""
+
+    def __init__(self, name: str, port: int):
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "FF_STACK": name, "FF_HTTP_PORT": str(port)}
+        self.state = ROOT / ".secrets" / name
+
+    # Commands run in the repository with FF_STACK and FF_HTTP_PORT set, as make runs them.
+    def run(
+        self, *cmd, timeout: float = 900, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """CMD with its output captured; a failure raises StackError with the output's tail."""
+        args = [str(part) for part in cmd]
+        result = subprocess.run(  # noqa: S603 (the callers' own commands: stack.sh, lxc, wrk)
+            args,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise StackError(
+                f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-6000:]}\n"
+                f"{result.stderr[-3000:]}"
+            )
+        return result
+
+    def timed(self, *cmd, timeout: float = 3600) -> float:
+        """CMD with its output on this terminal; returns its wall time in seconds."""
+        args = [str(part) for part in cmd]
+        start = time.monotonic()
+        result = subprocess.run(args, cwd=ROOT, env=self.env, timeout=timeout, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(args)} exited {result.returncode}")
+        return time.monotonic() - start
+
+    def playbook(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`stack.sh ansible-playbook ARGS`: a playbook with the stack's inventory and vault."""
+        return self.run(*STACK_SH, "ansible-playbook", *args, timeout=timeout)
+
+    def lxc(self, *args, timeout: float = 180, check: bool = True, input: str | None = None):
+        return self.run("lxc", *args, timeout=timeout, check=check, input=input)
+
+    def lxc_exec(self, instance: str, *cmd, timeout: float = 300, check=True, input=None):
+        return self.lxc("exec", instance, "--", *cmd, timeout=timeout, check=check, input=input)
+
+    def instance(self, tier: str) -> str:
+        return f"{self.name}-{tier}"
+
+    def psql(self, tier: str, sql: str) -> str:
+        """SQL as the postgres superuser on the flaskfleet database of that tier's instance."""
+        out = self.lxc_exec(self.instance(tier), "runuser", "-u", "postgres", "--",
+                            "psql", "-d", "flaskfleet", "-Atc", sql)  # fmt: skip
+        return out.stdout.strip()
+
+    # What stack.sh wrote: the inventory and the vault.
+    def inventory_dir(self) -> Path:
+        # stack.sh keeps the ff stack's inventory where `ansible-playbook site.yml` finds it.
+        return ROOT / "inventories" / "local" if self.name == "ff" else self.state / "inventory"
+
+    def exists(self) -> bool:
+        return (self.inventory_dir() / "hosts.json").exists()
+
+    def _inventory_groups(self) -> dict[str, dict]:
+        inventory = json.loads((self.inventory_dir() / "hosts.json").read_text())
+        return inventory["all"]["children"]
+
+    def inventory_hosts(self) -> dict[str, dict]:
+        """Host name -> its inventory variables."""
+        return {
+            name: host
+            for group in self._inventory_groups().values()
+            for name, host in (group.get("hosts") or {}).items()
+        }
+
+    def groups(self) -> dict[str, dict[str, str]]:
+        """Group -> {host name: private_ip}, for the groups that have hosts."""
+        return {
+            group: {name: host["private_ip"] for name, host in spec["hosts"].items()}
+            for group, spec in self._inventory_groups().items()
+            if spec.get("hosts")
+        }
+
+    def vault_view(self, name: str = "vault.yml") -> dict:
+        """One of the stack's ansible-vault files (.secrets/<stack>/<name>), decrypted in memory."""
+        out = self.run(ROOT / ".venv" / "bin" / "ansible-vault", "view", "--vault-password-file",
+                       self.state / "vault-password", self.state / name)  # fmt: skip
+        return yaml.safe_load(out.stdout)
+
+    # Clients' view, once it is up.
+    @cached_property
+    def ops_url(self) -> str:
+        """The load balancer's private address as the admin network reaches it: the only
+        place /metrics, /readyz and X-Served-By are served."""
+        return f"http://{self.inventory_hosts()[self.instance('lb')]['private_ip']}"
+
+    @cached_property
+    def tokens(self) -> dict[str, str]:
+        """API client -> its bearer token (the vault's api-tokens.yml)."""
+        return self.vault_view("api-tokens.yml")
+
+    @property
+    def token(self) -> str:
+        """The catalogue manager's token: every scope."""
+        return self.tokens["admin"]
+
+    def session(self, client: str = "admin") -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.tokens[client]}"
+        return session
+
+    def wait_ready(self, expect: str = "ready", timeout: float = 90) -> dict:
+        """/readyz's answer once its status is `expect`."""
+        return wait_for(
+            lambda: requests.get(f"{self.ops_url}/readyz", timeout=3).json(),
+            lambda body: body.get("status") == expect,
+            f"/readyz saying {expect!r}",
+            timeout,
+        )
