@@ -1,4 +1,5 @@
-"""Real servers for the tests: a PostgreSQL primary with a streaming replica, and Redis.
+"""Real servers for the tests: a PostgreSQL primary with a streaming replica, Redis for the
+cache and limits, a second Redis for the task queue, and Celery worker and beat processes.
 
 All run from the Debian binaries on 127.0.0.1, on free ports, in temporary directories, and are
 stopped and removed at the end of the session. PostgreSQL refuses to run as root, so when the
@@ -7,7 +8,10 @@ tests run as root its commands run as the `postgres` user.
 The app runs with the privileges it has in production: in PostgreSQL as a runtime role that
 may only read and write rows (migrations run as the owner role), in Redis as the ACL user the
 redis role creates, from the same rule string (group_vars/all/redis_acl.yml), with the
-`default` user off. A statement or command the app needs but is not granted fails here.
+`default` user off. The queue Redis has the app's producer user and the workers' consumer
+user, from the same file; the app (in the test process) publishes as the producer, the worker
+and beat subprocesses run as the consumer. A statement or command the app or a worker needs
+but is not granted fails here.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,7 @@ import yaml
 from flaskfleet import create_app, migrations
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+SRC = REPOSITORY / "app" / "src"
 REDIS_ACL_VARS = REPOSITORY / "group_vars" / "all" / "redis_acl.yml"
 
 # Database roles as the postgresql role creates them: the owner runs migrations, the app runs
@@ -42,11 +50,12 @@ OWNER_ROLE = "flaskfleet_owner"
 RUNTIME_ROLE = "flaskfleet_app"
 
 # API clients: name -> (token, scopes). Only the tokens' SHA-256 reaches the app.
-ALL_SCOPES = ["products:write", "orders:write", "orders:read"]
+ALL_SCOPES = ["products:write", "orders:write", "orders:read", "reports:read"]
 CLIENTS = {
     "admin": (secrets.token_urlsafe(32), ALL_SCOPES),
     "shop": (secrets.token_urlsafe(32), ["orders:write", "orders:read"]),
     "catalog": (secrets.token_urlsafe(32), ["products:write"]),
+    "analyst": (secrets.token_urlsafe(32), ["reports:read"]),
 }
 API_CLIENTS = json.dumps(
     [
@@ -175,36 +184,57 @@ class Cluster:
         self.wait_replica_caught_up()
 
 
+def _acl_vars() -> dict:
+    variables = yaml.safe_load(REDIS_ACL_VARS.read_text())
+    for value in variables.values():
+        assert "{{" not in value, f"{REDIS_ACL_VARS} must hold plain values, not templates"
+    return variables
+
+
+def _rules(name: str) -> str:
+    return " ".join(_acl_vars()[name].split())
+
+
 def app_redis_acl() -> tuple[str, str]:
     """(user, rules) the redis role gives the app, read from the inventory's group_vars."""
-    variables = yaml.safe_load(REDIS_ACL_VARS.read_text())
-    user = variables["flaskfleet_redis_app_user"]
-    rules = " ".join(variables["flaskfleet_redis_app_acl_rules"].split())
-    assert "{{" not in user + rules, f"{REDIS_ACL_VARS} must hold plain values, not templates"
-    return user, rules
+    return _acl_vars()["flaskfleet_redis_app_user"], _rules("flaskfleet_redis_app_acl_rules")
+
+
+# The queue Redis's users in the tests (the rules are the inventory's).
+QUEUE_PRODUCER = "flaskfleet"
+QUEUE_CONSUMER = "flaskfleet_worker"
 
 
 class RedisServer:
-    """Redis with the app's ACL user, an admin user for the tests' own housekeeping, and the
-    `default` user off. The users live in an ACL file, so they survive a restart."""
+    """Redis with the given ACL users (name -> rules; the first is the app's), an admin user
+    for the tests' own housekeeping, and the `default` user off. The users live in an ACL
+    file, so they survive a restart."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(
+        self, directory: Path, port: int, users: dict[str, str], *server_args: str
+    ) -> None:
         self.directory = directory
         self.port = port
+        self.server_args = server_args
         self.process: subprocess.Popen | None = None
-        self.app_user, self.app_rules = app_redis_acl()
-        self.app_password = secrets.token_hex(16)
+        self.app_user = next(iter(users))
+        self.passwords = {name: secrets.token_hex(16) for name in users}
         self.admin_password = secrets.token_hex(16)
         (directory / "users.acl").write_text(
             "user default off\n"
             f"user admin on >{self.admin_password} ~* &* +@all\n"
-            f"user {self.app_user} on >{self.app_password} {self.app_rules}\n"
+            + "".join(
+                f"user {name} on >{self.passwords[name]} {rules}\n" for name, rules in users.items()
+            )
         )
+
+    def url_for(self, user: str) -> str:
+        return f"redis://{user}:{self.passwords[user]}@127.0.0.1:{self.port}/0"
 
     @property
     def url(self) -> str:
         """The app's URL: its ACL user."""
-        return f"redis://{self.app_user}:{self.app_password}@127.0.0.1:{self.port}/0"
+        return self.url_for(self.app_user)
 
     def admin(self) -> redis.Redis:
         return redis.Redis(
@@ -227,10 +257,9 @@ class RedisServer:
                 str(self.directory),
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--aclfile",
                 str(self.directory / "users.acl"),
+                *self.server_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -311,10 +340,10 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    directory = Path(tempfile.mkdtemp(prefix="flaskfleet-redis-"))
-    server = RedisServer(directory, free_port())
+@contextlib.contextmanager
+def _redis(prefix: str, users: dict[str, str], *server_args: str) -> Iterator[RedisServer]:
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    server = RedisServer(directory, free_port(), users, *server_args)
     server.start()
     try:
         yield server
@@ -323,13 +352,36 @@ def redis_server() -> Iterator[RedisServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    user, rules = app_redis_acl()
+    with _redis("flaskfleet-redis-", {user: rules}, "--appendonly", "no") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def queue_server() -> Iterator[RedisServer]:
+    """The queue Redis, configured as a broker: never evict, append-only file synced each second."""
+    users = {
+        QUEUE_PRODUCER: _rules("flaskfleet_queue_producer_acl_rules"),
+        QUEUE_CONSUMER: _rules("flaskfleet_queue_consumer_acl_rules"),
+    }
+    with _redis(
+        "flaskfleet-queue-",
+        users,
+        "--maxmemory-policy", "noeviction", "--appendonly", "yes", "--appendfsync", "everysec",
+    ) as server:  # fmt: skip
+        yield server
+
+
 @pytest.fixture
-def app_env(cluster: Cluster, redis_server: RedisServer) -> dict[str, str]:
+def app_env(cluster: Cluster, redis_server: RedisServer, queue_server) -> dict[str, str]:
     """Configuration for a fully wired app, as the environment would give it."""
     return {
         "FLASKFLEET_DATABASE_URL": cluster.primary.url(user=RUNTIME_ROLE),
         "FLASKFLEET_DATABASE_REPLICA_URL": cluster.replica.url(user=RUNTIME_ROLE),
         "FLASKFLEET_REDIS_URL": redis_server.url,
+        "FLASKFLEET_BROKER_URL": queue_server.url_for(QUEUE_PRODUCER),
         "FLASKFLEET_SECRET_KEY": "test-secret-key-0123456789",
         "FLASKFLEET_API_CLIENTS": API_CLIENTS,
         "FLASKFLEET_DB_POOL_MIN": "1",
@@ -342,12 +394,14 @@ def app_env(cluster: Cluster, redis_server: RedisServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def clean_state(cluster: Cluster, redis_server: RedisServer) -> None:
+def clean_state(cluster: Cluster, redis_server: RedisServer, queue_server) -> None:
     """Empty tables and Redis, and let the replica see the empty tables before the test."""
     cluster.primary.query(
-        "TRUNCATE order_items, orders, idempotency_keys, products RESTART IDENTITY CASCADE"
+        "TRUNCATE order_receipts, order_items, orders, idempotency_keys, products, outbox, jobs,"
+        " dead_letters RESTART IDENTITY CASCADE"
     )
     redis_server.admin().flushdb()
+    queue_server.admin().flushdb()
     cluster.wait_replica_caught_up()
 
 
@@ -396,3 +450,127 @@ def product(client, cluster):
         return response.json
 
     return make
+
+
+class CeleryProcess:
+    """`celery --app flaskfleet.worker <command>` as the Ansible role runs it, in a process
+    group of its own (a worker's pool processes included), its JSON log lines in a file."""
+
+    def __init__(self, env: dict[str, str], directory: Path, command: list[str]) -> None:
+        self.log_path = directory / f"{command[0]}-{secrets.token_hex(4)}.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "--app", "flaskfleet.worker", "--quiet", *command],
+            env=env,
+            cwd=directory,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_lines(self) -> list[dict]:
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                lines.append({"message": line, "not_json": True})
+        return lines
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM: finish the task in hand), then kill what is left."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # Pool processes of a killed worker must not outlive it.
+        self.signal(signal.SIGKILL)
+        self._log.close()
+
+
+def metrics_text(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def assert_granted(processes: list[CeleryProcess]) -> None:
+    """No command a worker or beat sent was refused by the queue Redis's ACL."""
+    for process in processes:
+        refused = [
+            line
+            for line in process.log_path.read_text().splitlines()
+            if "NOPERM" in line or "no permissions" in line
+        ]
+        assert not refused, "\n".join(refused)
+
+
+@pytest.fixture
+def worker_env(app_env, queue_server: RedisServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of the worker and beat processes: the app's settings, with the queue's
+    consumer user and the worker's metrics port."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLASKFLEET_")}
+    multiproc = tmp_path / "worker-metrics"
+    multiproc.mkdir()
+    return {
+        **env,
+        **app_env,
+        "FLASKFLEET_BROKER_URL": queue_server.url_for(QUEUE_CONSUMER),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
+    }
+
+
+@pytest.fixture
+def start_worker(worker_env, tmp_path: Path):
+    """Start a worker (settings overridable) and wait until it serves its metrics, which it
+    does once it consumes; every worker started is stopped after the test."""
+    started: list[CeleryProcess] = []
+
+    def start(concurrency: int = 2, **overrides: str) -> CeleryProcess:
+        env = {**worker_env, "FLASKFLEET_WORKER_METRICS_PORT": str(free_port()), **overrides}
+        worker = CeleryProcess(
+            env,
+            tmp_path,
+            [
+                "worker", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--pool", "prefork", "--concurrency", str(concurrency),
+                "--hostname", f"test-{len(started)}@%h",
+            ],
+        )  # fmt: skip
+        started.append(worker)
+        port = int(env["FLASKFLEET_WORKER_METRICS_PORT"])
+        try:
+            wait_for(lambda: metrics_text(port), 30, "the worker to serve its metrics")
+        except TimeoutError:
+            raise AssertionError(worker.log_path.read_text()) from None
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    assert_granted(started)
+
+
+@pytest.fixture
+def start_beat(worker_env, tmp_path: Path):
+    started: list[CeleryProcess] = []
+
+    def start() -> CeleryProcess:
+        beat = CeleryProcess(worker_env, tmp_path, ["beat"])
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
+    assert_granted(started)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
+from celery import Celery
 from flask import Flask, g
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -18,22 +19,49 @@ from flaskfleet.api import v1, v2
 from flaskfleet.cache import LIMITS_PREFIX, REDIS_OPTIONS, ProductCache
 from flaskfleet.config import Settings, unknown_variables
 from flaskfleet.db import ConnectionPool, Database
+from flaskfleet.jobs import tasks_cli
 from flaskfleet.migrations import db_cli
 from flaskfleet.ops import ops
+from flaskfleet.tasks import make_celery
 
-__all__ = ["__version__", "create_app"]
+__all__ = ["Services", "__version__", "build_services", "create_app"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Services:
-    """What a request needs, kept on app.extensions["flaskfleet"]."""
+    """What a request or a task needs: kept on app.extensions["flaskfleet"] and on a worker's
+    Celery app (celery.services)."""
 
     settings: Settings
     db: Database
     cache: ProductCache
     redis: redis.Redis | None
+    # Publishes tasks (the web app) or also runs them (a worker); None without a broker.
+    celery: Celery | None
+
+
+def build_services(settings: Settings, *, worker: bool = False) -> Services:
+    """Pools and clients from the settings; nothing connects until first used."""
+    replica_url = settings.database_replica_url
+    database = Database(
+        _pool("primary", settings.database_url.get_secret_value(), settings),
+        _pool("replica", replica_url.get_secret_value(), settings) if replica_url else None,
+    )
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    redis_client = redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None
+    celery = make_celery(settings, worker=worker) if worker or settings.broker_url else None
+    services = Services(
+        settings=settings,
+        db=database,
+        cache=ProductCache(redis_client, settings.cache_timeout),
+        redis=redis_client,
+        celery=celery,
+    )
+    if celery is not None:
+        celery.services = services
+    return services
 
 
 def _pool(name: str, dsn: str, settings: Settings) -> ConnectionPool:
@@ -81,6 +109,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         log.warning("ignoring unknown configuration variable", extra={"variable": name})
     if settings.read_your_writes_seconds and not settings.read_your_writes_window:
         log.warning("FLASKFLEET_SECRET_KEY is unset: read-your-writes is off")
+    if settings.broker_url is None:
+        log.warning("FLASKFLEET_BROKER_URL is unset: tasks wait in the outbox for a worker's relay")
 
     app = Flask(__name__)
     app.config.update(
@@ -92,26 +122,16 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count
         )
 
-    replica_url = settings.database_replica_url
-    database = Database(
-        _pool("primary", settings.database_url.get_secret_value(), settings),
-        _pool("replica", replica_url.get_secret_value(), settings) if replica_url else None,
-    )
-    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-    redis_client = redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None
-    app.extensions["flaskfleet"] = Services(
-        settings=settings,
-        db=database,
-        cache=ProductCache(redis_client, settings.cache_timeout),
-        redis=redis_client,
-    )
+    app.extensions["flaskfleet"] = build_services(settings)
 
     # Hook order matters: web's hooks authenticate the client the limiter then counts.
     web.register(app)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     _limiter(settings, redis_url).init_app(app)
     errors.register(app)
     app.register_blueprint(ops)
     app.register_blueprint(v1)
     app.register_blueprint(v2)
     app.cli.add_command(db_cli)
+    app.cli.add_command(tasks_cli)
     return app

@@ -11,10 +11,11 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, request, url_for
 
-from flaskfleet import shop
+from flaskfleet import jobs, shop
 from flaskfleet.cache import product_key
 from flaskfleet.errors import APIError
-from flaskfleet.schemas import PG_BIGINT_MAX, OrderIn, ProductIn
+from flaskfleet.schemas import PG_BIGINT_MAX, OrderIn, ProductIn, SalesReportIn
+from flaskfleet.tasks import CONFIRM_ORDER, SALES_REPORT
 from flaskfleet.web import (
     client_write_lsn,
     conditional_json,
@@ -198,10 +199,17 @@ def place_order() -> Response:
     # Hash the validated body, so that formatting differences do not count as a new request.
     request_hash = hashlib.sha256(order.model_dump_json().encode()).hexdigest()
     services = _services()
-    (status, body, replayed), lsn = services.db.write(
-        lambda conn: shop.place_order(conn, order, g.client.name, key, request_hash)
-    )
+
+    def statement(conn):
+        status, body, replayed = shop.place_order(conn, order, g.client.name, key, request_hash)
+        # The confirmation task commits with the order, or neither does.
+        task = None if replayed else jobs.add(conn, CONFIRM_ORDER, [body["id"]], g.request_id)
+        return status, body, task
+
+    (status, body, task), lsn = services.db.write(statement)
+    replayed = task is None
     if not replayed:
+        jobs.publish_committed(services, task)
         services.cache.invalidate_products([line["product_id"] for line in body["items"]])
     response = json_response(body, status)
     response.headers["Location"] = url_for("v1.get_order", public_id=body["id"])
@@ -222,4 +230,47 @@ def get_order(public_id: uuid.UUID) -> Response:
         raise _not_found("order", public_id)
     response = json_response(order)
     response.headers["X-Read-Source"] = source
+    return response
+
+
+@v1.post("/reports/sales")
+@require_scope("reports:read")
+def request_sales_report() -> Response:
+    """Queue a sales report: 202 with the job to poll in Location."""
+    report = parse_body(SalesReportIn)
+    services = _services()
+    max_days = services.settings.report_max_days
+    if (report.last_day - report.first_day).days + 1 > max_days:
+        raise APIError(
+            422,
+            "validation_failed",
+            "the request body is not valid",
+            {"to": f"the range may span at most {max_days} days"},
+        )
+    params = {"from": report.first_day.isoformat(), "to": report.last_day.isoformat()}
+
+    def statement(conn):
+        job = jobs.create_job(conn, g.client.name, "sales_report", params)
+        return job, jobs.add(conn, SALES_REPORT, [job["id"]], g.request_id)
+
+    (job, task), lsn = services.db.write(statement)
+    jobs.publish_committed(services, task)
+    response = json_response(job, 202)
+    response.headers["Location"] = url_for("v1.get_job", public_id=job["id"])
+    return remember_write(response, lsn)
+
+
+@v1.get("/jobs/<uuid:public_id>")
+@require_scope("reports:read")
+def get_job(public_id: uuid.UUID) -> Response:
+    services = _services()
+    job, source = services.db.read(
+        lambda conn: jobs.get_job(conn, public_id, g.client.name), client_write_lsn()
+    )
+    # Another client's job is answered exactly like one that does not exist.
+    if job is None:
+        raise _not_found("job", public_id)
+    response = json_response(job)
+    response.headers["X-Read-Source"] = source
+    response.headers["Cache-Control"] = "no-store"
     return response

@@ -6,6 +6,7 @@ surfacing later as a confusing runtime error.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ ENV_PREFIX = "FLASKFLEET_"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
-Scope = Literal["products:write", "orders:write", "orders:read"]
+Scope = Literal["products:write", "orders:write", "orders:read", "reports:read"]
 # The owner the 0002 migration gives orders placed before orders had owners. No configured
 # client may take the name, so those orders stay readable in the database only.
 LEGACY_OWNER = "legacy"
@@ -89,6 +90,14 @@ class Settings(BaseModel):
     release: str = __version__
     proxy_count: Annotated[int, Field(ge=0)] = 0
     max_body_bytes: PositiveInt = 64 * 1024
+    broker_url: SecretStr | None = None
+    task_visibility_timeout: PositiveInt = 3600
+    task_time_limit: PositiveInt = 300
+    task_max_retries: Annotated[int, Field(ge=0, le=50)] = 5
+    order_reservation_seconds: PositiveInt = 900
+    report_max_days: PositiveInt = 366
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    worker_metrics_address: str = "127.0.0.1"
 
     @field_validator("database_url", "database_replica_url")
     @classmethod
@@ -104,6 +113,23 @@ class Settings(BaseModel):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: SecretStr | None) -> SecretStr | None:
+        # Celery names a Redis socket differently (redis+socket://): TCP only, as deployed.
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @field_validator("worker_metrics_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IPv4 or IPv6 address") from None
         return value
 
     @field_validator("api_clients", mode="before")
@@ -166,6 +192,16 @@ class Settings(BaseModel):
     def _pool_bounds(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("FLASKFLEET_DB_POOL_MIN must not exceed FLASKFLEET_DB_POOL_MAX")
+        return self
+
+    @model_validator(mode="after")
+    def _task_limits(self) -> Settings:
+        # The broker hands an unacknowledged task to another worker once the visibility
+        # timeout has passed: a task still allowed to run by then would run twice at once.
+        if self.task_time_limit >= self.task_visibility_timeout:
+            raise ValueError(
+                "FLASKFLEET_TASK_TIME_LIMIT must be less than FLASKFLEET_TASK_VISIBILITY_TIMEOUT"
+            )
         return self
 
     @classmethod

@@ -1,4 +1,5 @@
-"""JSON log lines, each carrying the id of the request that caused it."""
+"""JSON log lines, each carrying the id of the request that caused it: in the app the request
+being served, in a worker the request that caused the task (set by flaskfleet.worker)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import datetime
 import json
 import logging
 import sys
+from contextvars import ContextVar
+from typing import Any
 
 from flask import g, has_request_context
 
@@ -13,6 +16,9 @@ from flask import g, has_request_context
 _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
 )
+
+# Fields of the task a worker process is running (task, task_id, request_id), if any.
+task_fields: ContextVar[dict[str, Any] | None] = ContextVar("flaskfleet_task_fields", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,6 +37,7 @@ class JsonFormatter(logging.Formatter):
                 entry["request_id"] = g.request_id
             if g.get("client") is not None:
                 entry["client"] = g.client.name
+        entry.update(task_fields.get() or {})
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = value
@@ -54,9 +61,10 @@ class StderrHandler(logging.StreamHandler):
         """Ignored: the stream is always the current sys.stderr."""
 
 
-def configure() -> None:
-    """Send flaskfleet's own loggers to stderr as JSON (once per process)."""
-    logger = logging.getLogger("flaskfleet")
+def configure(name: str = "flaskfleet") -> None:
+    """Send the logger `name` (flaskfleet's own, or "" for every logger: a worker's Celery
+    lines too) to stderr as JSON, at INFO (once per process)."""
+    logger = logging.getLogger(name)
     if any(isinstance(handler.formatter, JsonFormatter) for handler in logger.handlers):
         return
     handler = StderrHandler()

@@ -57,6 +57,47 @@ DB_READ_ROUTED = Counter(
     ["reason"],
 )
 
+# The worker tier. Task metrics are recorded in the worker's pool processes and served, summed,
+# by its main process (flaskfleet.worker), which also reports the queue and the stores.
+TASK_QUEUE_WAIT = Histogram(
+    "flaskfleet_task_queue_wait_seconds",
+    "Time from publishing a task (or a retry's due time) to a worker starting it, by task.",
+    ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+TASK_DURATION = Histogram(
+    "flaskfleet_task_duration_seconds",
+    "Run time of a task, by task and outcome (success, retry, failure).",
+    ["task", "outcome"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+TASK_RETRIES = Counter(
+    "flaskfleet_task_retries_total", "Task runs that failed and were scheduled again.", ["task"]
+)
+TASK_FAILURES = Counter(
+    "flaskfleet_task_failures_total", "Task runs that raised, retried or not, by task.", ["task"]
+)
+TASK_DEAD_LETTERS = Counter(
+    "flaskfleet_task_dead_letters_total",
+    "Tasks moved to the dead-letter store after their last retry, by task.",
+    ["task"],
+)
+ORDER_CONFIRMATION_LAG = Histogram(
+    "flaskfleet_order_confirmation_lag_seconds",
+    "Time from placing an order to a worker confirming it.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "flaskfleet_outbox_publish_failures_total",
+    "Tasks the app could not publish right after its commit (the relay publishes them later).",
+    ["task"],
+)
+OUTBOX_RELAYED = Counter(
+    "flaskfleet_outbox_relayed_total",
+    "Tasks the relay published because nobody had published them yet.",
+    ["task"],
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text: summed over all worker processes in multiprocess mode."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 PG_INT_MAX = 2**31 - 1
 PG_BIGINT_MAX = 2**63 - 1
@@ -55,3 +56,18 @@ class OrderIn(Strict):
     """Body of POST /api/v1/orders."""
 
     items: Annotated[list[OrderItemIn], Field(min_length=1, max_length=100)]
+
+
+class SalesReportIn(Strict):
+    """Body of POST /api/v1/reports/sales: a range of UTC days, both included ("YYYY-MM-DD")."""
+
+    first_day: datetime.date = Field(alias="from")
+    last_day: datetime.date = Field(alias="to")
+
+    @field_validator("last_day")
+    @classmethod
+    def _not_before_first(cls, value: datetime.date, info: ValidationInfo) -> datetime.date:
+        first_day = info.data.get("first_day")
+        if first_day is not None and value < first_day:
+            raise ValueError("must not be before from")
+        return value

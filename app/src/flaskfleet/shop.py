@@ -6,6 +6,7 @@ are stored literally.
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from typing import Any
@@ -137,7 +138,8 @@ def delete_product(conn, product_id: int) -> bool:
 def _order_body(cur, order_pk: int) -> dict[str, Any]:
     """The API's view of an order: its public id stands in for the sequential key."""
     cur.execute(
-        "SELECT public_id::text AS id, status, total_cents, created_at FROM orders WHERE id = %s",
+        "SELECT public_id::text AS id, status, total_cents, created_at, confirmed_at"
+        " FROM orders WHERE id = %s",
         (order_pk,),
     )
     order = cur.fetchone()
@@ -147,7 +149,13 @@ def _order_body(cur, order_pk: int) -> dict[str, Any]:
         (order_pk,),
     )
     items = cur.fetchall()
-    return {**order, "created_at": order["created_at"].isoformat(), "items": items}
+    confirmed_at = order["confirmed_at"]
+    return {
+        **order,
+        "created_at": order["created_at"].isoformat(),
+        "confirmed_at": confirmed_at.isoformat() if confirmed_at else None,
+        "items": items,
+    }
 
 
 def get_order(conn, public_id: uuid.UUID, owner: str) -> dict[str, Any] | None:
@@ -161,8 +169,8 @@ def get_order(conn, public_id: uuid.UUID, owner: str) -> dict[str, Any] | None:
 
 
 def place_order(conn, order: OrderIn, owner: str, idempotency_key: str | None, request_hash: str):
-    """Reserve stock for every line and record the order for `owner`, all in the caller's
-    transaction.
+    """Reserve stock for every line and record the order for `owner` as reserved (a worker
+    confirms it), all in the caller's transaction.
 
     Returns (status, body, replayed). With an idempotency key (scoped to the owner), the key
     row is inserted first: a concurrent request with the same key waits on it, then sees the
@@ -225,7 +233,9 @@ def place_order(conn, order: OrderIn, owner: str, idempotency_key: str | None, r
 
         total = sum(quantity * price for _, quantity, price in lines)
         cur.execute(
-            "INSERT INTO orders (owner, total_cents) VALUES (%s, %s) RETURNING id", (owner, total)
+            "INSERT INTO orders (owner, total_cents, status) VALUES (%s, %s, 'reserved')"
+            " RETURNING id",
+            (owner, total),
         )
         order_pk = cur.fetchone()["id"]
         cur.executemany(
@@ -241,3 +251,108 @@ def place_order(conn, order: OrderIn, owner: str, idempotency_key: str | None, r
                 (json.dumps(body), owner, idempotency_key),
             )
     return 201, body, False
+
+
+def confirm_order(conn, public_id: str, task_id: str) -> tuple[str, float | None]:
+    """Confirm a reserved order and write its receipt, exactly once however often it is asked.
+
+    Returns (outcome, seconds from placing to confirming): "confirmed", "already_confirmed",
+    "expired" (its reservation was released first) or "missing". The row lock orders this
+    against a concurrent confirmation or expiry of the same order; the receipt's primary key
+    and the status guard keep a second confirmation from changing anything even without it.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, status, total_cents FROM orders WHERE public_id = %s FOR UPDATE",
+            (public_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return "missing", None
+        order_pk, status, total_cents = row
+        if status != "reserved":
+            return ("already_confirmed" if status == "confirmed" else status), None
+        cur.execute(
+            "INSERT INTO order_receipts (order_id, total_cents, task_id) VALUES (%s, %s, %s)"
+            " ON CONFLICT (order_id) DO NOTHING",
+            (order_pk, total_cents, task_id),
+        )
+        cur.execute(
+            "UPDATE orders SET status = 'confirmed', confirmed_at = now()"
+            " WHERE id = %s AND status = 'reserved'"
+            " RETURNING extract(epoch FROM confirmed_at - created_at)::float",
+            (order_pk,),
+        )
+        (lag,) = cur.fetchone()
+    return "confirmed", lag
+
+
+def release_expired_orders(conn, older_than_seconds: int, limit: int) -> list[int]:
+    """Expire up to `limit` orders reserved longer than `older_than_seconds` and put their
+    stock back; returns the ids of the products whose stock changed.
+
+    SKIP LOCKED leaves orders being confirmed right now (and those a concurrent run took) to
+    their holder: each order is released at most once. Products are locked in id order, as
+    place_order locks them, so concurrent runs and orders cannot deadlock.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id FROM orders WHERE status = 'reserved'"
+            " AND created_at < now() - make_interval(secs => %s)"
+            " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (older_than_seconds, limit),
+        )
+        order_pks = [order_pk for (order_pk,) in cur.fetchall()]
+        if not order_pks:
+            return []
+        cur.execute(
+            "UPDATE orders SET status = 'expired', expired_at = now()"
+            " WHERE id = ANY(%s) AND status = 'reserved'",
+            (order_pks,),
+        )
+        cur.execute(
+            "SELECT product_id, sum(quantity) FROM order_items WHERE order_id = ANY(%s)"
+            " GROUP BY product_id ORDER BY product_id",
+            (order_pks,),
+        )
+        released = cur.fetchall()
+        cur.execute(
+            "SELECT id FROM products WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            ([product_id for product_id, _ in released],),
+        )
+        cur.executemany(
+            "UPDATE products SET stock = stock + %s, updated_at = now() WHERE id = %s",
+            [(quantity, product_id) for product_id, quantity in released],
+        )
+    return [product_id for product_id, _ in released]
+
+
+def sales_report(conn, first_day: datetime.date, last_day: datetime.date) -> dict[str, Any]:
+    """Confirmed sales per product for orders placed from first_day to last_day (UTC days,
+    both included)."""
+    start = datetime.datetime.combine(first_day, datetime.time(), datetime.UTC)
+    end = start + datetime.timedelta(days=(last_day - first_day).days + 1)
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT p.id AS product_id, p.sku, p.name, count(DISTINCT o.id) AS orders,"
+            " sum(i.quantity)::bigint AS quantity,"
+            " sum(i.quantity::bigint * i.unit_price_cents)::bigint AS revenue_cents"
+            " FROM orders o JOIN order_items i ON i.order_id = o.id"
+            " JOIN products p ON p.id = i.product_id"
+            " WHERE o.status = 'confirmed' AND o.created_at >= %s AND o.created_at < %s"
+            " GROUP BY p.id ORDER BY p.id",
+            (start, end),
+        )
+        products = cur.fetchall()
+        cur.execute(
+            "SELECT count(*) AS orders, coalesce(sum(total_cents), 0)::bigint AS revenue_cents"
+            " FROM orders WHERE status = 'confirmed' AND created_at >= %s AND created_at < %s",
+            (start, end),
+        )
+        totals = cur.fetchone()
+    return {
+        "from": first_day.isoformat(),
+        "to": last_day.isoformat(),
+        "products": products,
+        **totals,
+    }
