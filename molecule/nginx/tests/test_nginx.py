@@ -1,12 +1,13 @@
 """Behaviour of the nginx role: requests through the load balancer reach both
 app hosts, a dead or drained upstream is skipped, limits and headers hold, the
 ops endpoints and internal headers stay with the monitoring network, the
-service is sandboxed and bad variables are refused. Tests run in file order;
-the disruptive ones last.
+service is sandboxed, HTTPS is served with a certificate issued and renewed
+over ACME (pebble), a deploy's drain touches the upstream file alone, and bad
+variables are refused. Tests run in file order; the disruptive ones last.
 
 In the scenario (molecule.yml) 127.0.0.1 is both the trusted load balancer in
 front and the monitoring network; the load balancer's own address is a client
-from outside."""
+from outside. nginx-acme runs pebble, which resolves DOMAIN to the load balancer."""
 
 import functools
 import json
@@ -25,8 +26,13 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 PROJECT_DIR = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 APPS = ("nginx-app1", "nginx-app2")
+DOMAIN = "shop.flaskfleet.test"
+ACME_CA = "/usr/local/share/flaskfleet-test/acme-ca.crt"
+SITE = "/etc/nginx/conf.d/flaskfleet.conf"
+UPSTREAM = "/etc/nginx/flaskfleet/upstream.conf"
 
 LB = testinfra.get_host(f"ansible://nginx-lb?ansible_inventory={INVENTORY}")
+ACME = testinfra.get_host(f"ansible://nginx-acme?ansible_inventory={INVENTORY}")
 APP = {name: testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}") for name in APPS}
 
 
@@ -34,6 +40,15 @@ def diagnostics():
     return (
         LB.run("journalctl -u nginx --no-pager -n 30").stdout
         + LB.run("tail -n 5 /var/log/nginx/error.log /var/log/nginx/access.log").stdout
+    )
+
+
+def acme_diagnostics():
+    return (
+        diagnostics()
+        + LB.run("journalctl -u certbot --no-pager -n 30").stdout
+        + LB.run("tail -n 30 /var/log/letsencrypt/letsencrypt.log").stdout
+        + ACME.run("journalctl -u pebble --no-pager -n 30").stdout
     )
 
 
@@ -72,6 +87,29 @@ def names_seen(requests=8, url="http://127.0.0.1/"):
     """Send requests through the load balancer; return the upstream names answering."""
     result = LB.run(f"for i in $(seq {requests}); do curl -sf -m 5 {url} || echo FAILED; done")
     return result.stdout.split()
+
+
+def served_certificate(*options):
+    """Serial and subject alternative names of the certificate nginx serves on
+    443, as openssl x509 prints them; options go to s_client."""
+    return LB.check_output(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} {' '.join(options)}"
+        " </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial -fingerprint -issuer -ext subjectAltName"
+    )
+
+
+def handshake(protocol):
+    """openssl s_client's output for one handshake limited to protocol
+    (tls1_1, tls1_2, tls1_3); SECLEVEL 0 lets the client offer TLSv1.1 at all."""
+    return LB.run(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} -{protocol}"
+        " -cipher 'DEFAULT:@SECLEVEL=0' </dev/null 2>&1"
+    ).stdout
+
+
+def master_pid():
+    return LB.check_output("systemctl show -P MainPID nginx")
 
 
 def ansible_playbook(*args, env=None):
@@ -284,6 +322,103 @@ def test_too_large_body_refused():
     assert result.stdout == "413", diagnostics()
 
 
+def test_ports_opened_through_the_common_role():
+    """The role hands common's firewall its flows: HTTP and HTTPS from anywhere."""
+    rules = LB.check_output("nft list chain inet flaskfleet input")
+    for port in (80, 443):
+        assert f"ip saddr 0.0.0.0/0 tcp dport {port} accept" in rules, rules
+        assert f"ip6 saddr ::/0 tcp dport {port} accept" in rules, rules
+    assert LB.file("/etc/nftables.d/nginx.nft").exists
+
+
+def test_acme_certificate_issued_and_served():
+    """The certificate came from the ACME server for the configured name, and a
+    client that trusts that CA's root reaches the app over it."""
+    certificate = served_certificate()
+    assert "Pebble Intermediate CA" in certificate, certificate + acme_diagnostics()
+    assert f"DNS:{DOMAIN}" in certificate, certificate
+    LB.check_output(
+        f"curl -sf --cacert {ACME_CA} -o /tmp/acme-root.pem https://nginx-acme:15000/roots/0"
+    )
+    body = LB.check_output(
+        f"curl -sf -m 5 --cacert /tmp/acme-root.pem --resolve {DOMAIN}:443:127.0.0.1"
+        f" https://{DOMAIN}/"
+    )
+    assert body.strip() in APPS, acme_diagnostics()
+
+
+def test_hsts_on_https_only():
+    _, headers, _ = request("/", "127.0.0.1")
+    assert "strict-transport-security" not in headers, headers
+    https = LB.check_output("curl -skf -D - -o /dev/null https://127.0.0.1/").lower()
+    assert "strict-transport-security: max-age=31536000\r\n" in https, https
+
+
+def test_https_tells_the_app_the_scheme():
+    """X-Forwarded-Proto is what the client used: the app sets its cookie Secure on https."""
+    for scheme in ("http", "https"):
+        seen = json.loads(LB.check_output(f"curl -skf -m 5 {scheme}://127.0.0.1/echo"))
+        seen = {name.lower(): values for name, values in seen.items()}
+        assert seen["x-forwarded-proto"] == [scheme], seen
+
+
+def test_https_speaks_http2():
+    version = LB.check_output("curl -sk -o /dev/null -w '%{http_version}' https://127.0.0.1/")
+    assert version == "2", version
+
+
+def test_tls_1_1_refused():
+    output = handshake("tls1_1")
+    assert "alert protocol version" in output, output
+
+
+@pytest.mark.parametrize("protocol", ["tls1_2", "tls1_3"])
+def test_tls_1_2_and_1_3_accepted(protocol):
+    output = handshake(protocol)
+    version = "TLSv1.2" if protocol == "tls1_2" else "TLSv1.3"
+    assert f"New, {version}, Cipher is" in output, output
+
+
+def test_tls_sessions_are_resumed():
+    LB.check_output(
+        "openssl s_client -connect 127.0.0.1:443 -tls1_2 -sess_out /tmp/tls-session"
+        " </dev/null >/dev/null 2>&1"
+    )
+    output = LB.check_output(
+        "openssl s_client -connect 127.0.0.1:443 -tls1_2 -sess_in /tmp/tls-session </dev/null 2>&1"
+    )
+    assert "Reused, TLSv1.2" in output, output
+
+
+def test_acme_challenges_served_over_http():
+    """What the ACME server fetches: a token certbot wrote under the webroot,
+    over plain HTTP, not proxied to the app."""
+    challenge = "flaskfleet-test-challenge"
+    LB.check_output(
+        "install -d -m 0755 /var/www/acme/.well-known/acme-challenge"
+        f" && echo {challenge}.key > /var/www/acme/.well-known/acme-challenge/{challenge}"
+    )
+    try:
+        status, headers, body = request(
+            f"/.well-known/acme-challenge/{challenge}", outside_address()
+        )
+        assert status == 200, diagnostics()
+        assert body == f"{challenge}.key\n", body
+        assert "x-served-by" not in headers and "x-micro-cache" not in headers, headers
+        status, _, _ = request("/.well-known/acme-challenge/none", outside_address())
+        assert status == 404
+    finally:
+        LB.run(f"rm -f /var/www/acme/.well-known/acme-challenge/{challenge}")
+
+
+def test_renewal_timer_and_its_sandbox():
+    timer = LB.service("certbot.timer")
+    assert timer.is_enabled and timer.is_running
+    report = LB.check_output("systemd-analyze security --no-pager certbot.service")
+    score = float(re.search(r"Overall exposure level for certbot.service: ([0-9.]+)", report)[1])
+    assert score <= 3.0, report
+
+
 def test_sandbox_exposure_score():
     report = LB.check_output("systemd-analyze security --no-pager nginx.service")
     score = float(re.search(r"Overall exposure level for nginx.service: ([0-9.]+)", report)[1])
@@ -339,7 +474,7 @@ def test_drained_host_taken_out_and_put_back():
     )
     try:
         assert drained.returncode == 0, drained.stdout[-3000:]
-        upstream = LB.file("/etc/nginx/conf.d/flaskfleet.conf").content_string
+        upstream = LB.file(UPSTREAM).content_string
         assert "down;  # nginx-app2" in upstream, upstream
         seen = names_seen()
         assert set(seen) == {"nginx-app1"}, f"{seen}\n{diagnostics()}"
@@ -374,6 +509,140 @@ def test_rate_limit_is_per_client_behind_the_trusted_proxy():
     assert "429" in codes[101::2], codes
 
 
+def test_renewal_serves_the_new_certificate_after_a_reload():
+    """certbot.service, as certbot.timer starts it (its sandbox, its CA), renews
+    through nginx's webroot; its deploy hook checks the configuration and
+    reloads: nginx serves the new certificate from the same master."""
+    before, pid = served_certificate(), master_pid()
+    # A runtime drop-in forces this one renewal (the certificate is years from expiry).
+    LB.check_output(
+        "mkdir -p /run/systemd/system/certbot.service.d && printf '%s\\n' '[Service]'"
+        " 'ExecStart=' 'ExecStart=/usr/bin/certbot -q renew --force-renewal"
+        " --no-random-sleep-on-renew' > /run/systemd/system/certbot.service.d/force.conf"
+        " && systemctl daemon-reload"
+    )
+    try:
+        result = LB.run("systemctl start certbot.service")
+    finally:
+        LB.run("rm -r /run/systemd/system/certbot.service.d && systemctl daemon-reload")
+    assert result.rc == 0, result.stderr + acme_diagnostics()
+    after = served_certificate()
+    assert after.splitlines()[0] != before.splitlines()[0], f"{before}\n{after}"
+    assert "Pebble Intermediate CA" in after and f"DNS:{DOMAIN}" in after, after
+    assert master_pid() == pid, "reload, not restart"
+    log = LB.check_output("cat /var/log/letsencrypt/letsencrypt.log")
+    hook = "/etc/letsencrypt/renewal-hooks/deploy/flaskfleet-nginx"
+    assert f"Running deploy-hook command: {hook}" in log, log[-3000:]
+    assert set(names_seen(url="-k https://127.0.0.1/")) == set(APPS), diagnostics()
+
+
+def test_http_redirects_to_https_but_for_acme_and_health():
+    pid = master_pid()
+    redirected = ansible_playbook(
+        "-i",
+        INVENTORY,
+        str(SCENARIO_DIR / "converge.yml"),
+        "-e",
+        json.dumps({"nginx_tls_redirect_http": True}),
+    )
+    try:
+        assert redirected.returncode == 0, redirected.stdout[-3000:]
+        status, headers, _ = request("/api/v1/products/1?x=1", headers=[f"Host: {DOMAIN}"])
+        assert status == 301, headers
+        assert headers["location"] == f"https://{DOMAIN}/api/v1/products/1?x=1", headers
+        assert request("/nginx-health")[0] == 200
+        status, _, _ = request("/.well-known/acme-challenge/none")
+        assert status == 404, "the challenge path is answered, not redirected"
+        https = LB.check_output(f"curl -skf --resolve {DOMAIN}:443:127.0.0.1 https://{DOMAIN}/")
+        assert https.strip() in APPS
+    finally:
+        restored = ansible_playbook("-i", INVENTORY, str(SCENARIO_DIR / "converge.yml"))
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert request("/")[0] == 200, diagnostics()
+    assert master_pid() == pid, "reload, not restart"
+
+
+def test_deploy_drain_renders_the_upstream_file_alone():
+    """deploy.yml's drain: the upstream entry point, run with an app host's
+    variables plus site settings of its own, changes the upstream file only."""
+    site_before, upstream_before = LB.file(SITE).sha256sum, LB.file(UPSTREAM).content_string
+    site_settings = {
+        "nginx_server_name": "elsewhere.example.com",
+        "nginx_security_headers": {"X-Drain-Test": "1"},
+        "nginx_tls_enabled": False,
+        "nginx_acme_enabled": False,
+    }
+    drained = ansible_playbook(
+        "-i",
+        INVENTORY,
+        str(SCENARIO_DIR / "drain.yml"),
+        "-e",
+        json.dumps({**site_settings, "nginx_upstream_drained": ["nginx-app2"]}),
+    )
+    try:
+        assert drained.returncode == 0, drained.stdout[-3000:]
+        assert LB.file(SITE).sha256sum == site_before, "the site was re-rendered"
+        upstream = LB.file(UPSTREAM).content_string
+        assert upstream != upstream_before
+        assert "down;  # nginx-app2" in upstream, upstream
+        assert set(names_seen()) == {"nginx-app1"}, diagnostics()
+        assert set(names_seen(url="-k https://127.0.0.1/")) == {"nginx-app1"}, diagnostics()
+        https = LB.check_output("curl -skf -D - -o /dev/null https://127.0.0.1/").lower()
+        assert "strict-transport-security" in https and "x-drain-test" not in https, https
+    finally:
+        restored = ansible_playbook(
+            "-i",
+            INVENTORY,
+            str(SCENARIO_DIR / "drain.yml"),
+            "-e",
+            json.dumps({**site_settings, "nginx_upstream_drained": []}),
+        )
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert LB.file(UPSTREAM).content_string == upstream_before
+    assert LB.file(SITE).sha256sum == site_before
+    assert set(names_seen()) == set(APPS), diagnostics()
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "message"),
+    [
+        (
+            {
+                "nginx_acme_enabled": False,
+                "nginx_tls_self_signed": False,
+                "nginx_tls_certificate": "/etc/nginx/tls/missing.crt",
+            },
+            "nginx_tls_certificate (/etc/nginx/tls/missing.crt) and nginx_tls_certificate_key",
+        ),
+        (
+            {
+                "nginx_acme_enabled": False,
+                "nginx_tls_self_signed": False,
+                "nginx_tls_certificate": "/etc/hostname",
+                "nginx_tls_certificate_key": "/etc/hostname",
+            },
+            "must be a readable PEM certificate and its unencrypted private key",
+        ),
+        (
+            {"nginx_acme_ca_bundle": "/etc/missing-ca.crt"},
+            "nginx_acme_ca_bundle (/etc/missing-ca.crt) must be a readable PEM CA",
+        ),
+    ],
+    ids=["missing certificate", "not a certificate", "missing ACME CA file"],
+)
+def test_bad_files_fail_before_any_change(extra_vars, message):
+    """Checked on the load balancer before the role changes anything there."""
+    site_before = LB.file(SITE).sha256sum
+    result = ansible_playbook(
+        "-i", INVENTORY, str(SCENARIO_DIR / "converge.yml"), "-e", json.dumps(extra_vars)
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output, output
+    assert re.search(r"nginx-lb\s*:.*changed=0 ", output), output
+    assert LB.file(SITE).sha256sum == site_before
+
+
 def test_argument_specs_defaults_match_defaults_main():
     role = PROJECT_DIR / "ansible/roles/nginx"
     defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
@@ -390,10 +659,8 @@ def test_argument_specs_defaults_match_defaults_main():
     ("extra_vars", "message"),
     [
         ({"nginx_upstream_port": "http"}, "nginx_upstream_port"),
-        (
-            {"nginx_upstream_port": 70000},
-            "nginx_upstream_port, nginx_listen_port and nginx_tls_port",
-        ),
+        ({"nginx_upstream_port": 70000}, "need nginx_upstream_port in 1..65535"),
+        ({"nginx_listen_port": 0}, "need nginx_listen_port and nginx_tls_port in 1..65535"),
         ({"nginx_tls_enabled": "maybe"}, "nginx_tls_enabled"),
         ({"nginx_client_max_body_size": "huge"}, "nginx_client_max_body_size like 1m"),
         ({"nginx_rate_limit": "fast"}, "nginx_rate_limit like 20r/s"),
@@ -410,6 +677,45 @@ def test_argument_specs_defaults_match_defaults_main():
         ({"nginx_ops_only_headers": ["X-Served-By: 1"]}, "nginx_ops_only_headers"),
         ({"nginx_upstream_drained": ["nope"]}, "names hosts that are not in group 'app'"),
         ({}, "no upstream left in rotation"),
+        ({"nginx_acme_enabled": True}, "nginx_acme_enabled needs nginx_tls_enabled: true"),
+        (
+            {"nginx_acme_enabled": True, "nginx_tls_enabled": True},
+            "nginx_acme_domains must list the certificate's hostnames",
+        ),
+        (
+            {
+                "nginx_acme_enabled": True,
+                "nginx_tls_enabled": True,
+                "nginx_acme_domains": ["shop.example.com", "https://shop.example.com"],
+            },
+            "not valid: ['https://shop.example.com']",
+        ),
+        (
+            {
+                "nginx_acme_enabled": True,
+                "nginx_tls_enabled": True,
+                "nginx_acme_domains": ["*.example.com"],
+            },
+            "not valid: ['*.example.com']",
+        ),
+        (
+            {
+                "nginx_acme_enabled": True,
+                "nginx_tls_enabled": True,
+                "nginx_acme_domains": ["shop.example.com"],
+            },
+            "nginx_acme_email must be the ACME account's contact",
+        ),
+        (
+            {
+                "nginx_acme_enabled": True,
+                "nginx_tls_enabled": True,
+                "nginx_acme_domains": ["shop.example.com"],
+                "nginx_acme_email": "ops@example.com",
+                "nginx_acme_directory_url": "http://acme.example.com/directory",
+            },
+            "nginx_acme_directory_url an https:// URL",
+        ),
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
