@@ -1,0 +1,171 @@
+"""The report of a run: ratios to the ceilings, the targets met or missed, and the files
+bench/results/<stem>.json, .md (tables) and .png (throughput, and the sweep's throughput
+and p99), plus <stem>-profile-<scenario>.txt for each profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# What the issue asks of the stack, checked (and reported, never asserted) at the
+# fixed concurrency: (scenario, share of hello's requests/s, p99 ceiling in ms).
+TARGETS = [
+    ("cached_get", 0.60, 30.0),
+    ("uncached_get", 0.40, 60.0),
+    ("order_post", 0.35, 60.0),
+]
+SPEEDUP_TARGET = 5.0
+
+
+def ratios(results: dict) -> None:
+    nginx = results["nginx_ceiling"]["fixed"]["rps"]
+    hello = results["hello"]["fixed"]["rps"]
+    for entry in results.values():
+        fixed = entry["fixed"]
+        fixed["ratio_to_nginx"] = round(fixed["rps"] / nginx, 4)
+        fixed["ratio_to_hello"] = round(fixed["rps"] / hello, 4)
+
+
+def verdicts(results: dict, connections: int) -> list[dict]:
+    hello = results["hello"]["fixed"]
+    out = []
+    for key, share, p99 in TARGETS:
+        fixed = results[key]["fixed"]
+        out.append(
+            {
+                "target": f"{results[key]['title']}: >= {share:.0%} of hello's req/s, "
+                f"p99 < {p99:g} ms at {connections} connections, no errors",
+                "measured": f"{fixed['ratio_to_hello']:.0%} of hello "
+                f"({fixed['rps']:.0f} / {hello['rps']:.0f} req/s), p99 {fixed['p99_ms']:.1f} ms, "
+                f"{fixed['errors']} errors",
+                "met": fixed["ratio_to_hello"] >= share
+                and fixed["p99_ms"] < p99
+                and fixed["errors"] == 0,
+            }
+        )
+    naive = results["naive_get"]["fixed"]["rps"]
+    for key in ("cached_get", "uncached_get"):
+        rps = results[key]["fixed"]["rps"]
+        speedup = rps / naive
+        results[key]["fixed"]["speedup_vs_naive"] = round(speedup, 2)
+        out.append(
+            {
+                "target": f"{results[key]['title']}: >= {SPEEDUP_TARGET:g}x the naive baseline",
+                "measured": f"{speedup:.1f}x ({rps:.0f} / {naive:.0f} req/s)",
+                "met": speedup >= SPEEDUP_TARGET,
+            }
+        )
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# make bench, {report['date']}" + (f" ({report['label']})" if report["label"] else ""),
+        "",
+        f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['memory_gib']} GiB; "
+        f"stack `{report['stack']['name']}` ({report['stack']['app_nodes']} app nodes, "
+        f"Gunicorn {report['stack']['gunicorn']}); wrk, {report['settings']['connections']} "
+        f"connections, {report['settings']['seconds']} s per figure.",
+        "",
+        "| scenario | req/s | vs nginx | vs hello | p50 ms | p99 ms | errors | app cache hits |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in report["results"].values():
+        f = entry["fixed"]
+        hits = f"{f['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in f else ""
+        lines.append(
+            f"| {entry['title']} | {f['rps']:.0f} | {f['ratio_to_nginx']:.0%} | "
+            f"{f['ratio_to_hello']:.0%} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+            f"{f['errors']} | {hits} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for verdict in report["targets"]:
+        lines.append(
+            f"| {verdict['target']} | {verdict['measured']} | {'yes' if verdict['met'] else 'NO'} |"
+        )
+    deploy = report.get("deploy") or {}
+    if deploy:
+        lines += ["", "| deploy | wall time s | vs cold make up |", "|---|---:|---:|"]
+        cold = deploy.get("cold_make_up_s")
+        for key, title in [
+            ("cold_make_up_s", "cold `make up` (tools cached; VMs, site.yml, smoke)"),
+            ("nochange_make_up_s", "no-change `make up`"),
+            ("deploy_s", "one `deploy.yml` (2 nodes, rolling)"),
+        ]:
+            if key in deploy:
+                share = f"{deploy[key] / cold:.0%}" if cold else ""
+                lines.append(f"| {title} | {deploy[key]:.0f} | {share} |")
+        if "nochange_changed" in deploy:
+            lines.append("")
+            lines.append(f"No-change `make up`: Ansible changed={deploy['nochange_changed']}.")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, (bars, sweep, tail) = plt.subplots(1, 3, figsize=(16, 5.2))
+    keys = list(results)
+    colours = {"ceiling": "#9e9e9e", "stack": "#1f77b4", "baseline": "#d62728"}
+    bars.barh(
+        [results[k]["title"] for k in keys],
+        [results[k]["fixed"]["rps"] for k in keys],
+        color=[colours[results[k]["kind"]] for k in keys],
+    )
+    bars.invert_yaxis()
+    bars.set_xscale("log")
+    bars.set_xlabel(f"requests/s at {report['settings']['connections']} connections")
+    bars.set_title("Throughput (grey: ceilings, red: naive)")
+    for i, k in enumerate(keys):
+        f = results[k]["fixed"]
+        bars.text(
+            f["rps"],
+            i,
+            f" {f['rps']:.0f} ({f['ratio_to_hello']:.0%} of hello)",
+            va="center",
+            fontsize=8,
+        )
+    bars.set_xlim(right=max(results[k]["fixed"]["rps"] for k in keys) * 40)
+    for k in keys:
+        points = results[k]["sweep"]
+        if not points:
+            continue
+        conns = [p["connections"] for p in points]
+        style = "--" if results[k]["kind"] == "baseline" else "-"
+        sweep.plot(conns, [p["rps"] for p in points], style, marker="o", label=results[k]["title"])
+        tail.plot(
+            conns, [p["p99_ms"] for p in points], style, marker="o", label=results[k]["title"]
+        )
+    for axis, label in ((sweep, "requests/s"), (tail, "p99 latency, ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent connections")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+    sweep.set_title("Concurrency sweep: throughput")
+    tail.set_title("Concurrency sweep: p99 latency")
+    tail.set_yscale("log")
+    sweep.set_yscale("log")
+    sweep.legend(fontsize=8)
+    fig.suptitle(f"flaskfleet make bench {report['date']} {report['label'] or ''}".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(report: dict, profiles: dict[str, str], out: Path, stem: str) -> None:
+    out.mkdir(exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(report))
+    chart(report, out / f"{stem}.png")
+    for key, text in profiles.items():
+        (out / f"{stem}-profile-{key}.txt").write_text(text)
+
+
+def render(source: Path) -> None:
+    """Rewrite the .md and .png next to an earlier results file."""
+    report = json.loads(source.read_text())
+    source.with_suffix(".md").write_text(markdown(report))
+    chart(report, source.with_suffix(".png"))

@@ -1,0 +1,173 @@
+"""What the loads need on the stack, and the scenarios that use it: seeded products, the bare
+Gunicorn and the naive Flask server on the first app instance (each published on 127.0.0.1 by
+an LXD proxy device, removed afterwards), and Redis flushed before an uncached load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import requests
+from load import Scenario
+from stacklib import Stack, log, wait_for
+
+SERVERS = Path(__file__).resolve().parent / "servers"
+APP_DIR = "/opt/flaskfleet"  # app_base_dir
+ENV_FILE = "/etc/flaskfleet/flaskfleet.env"  # app_env_file
+AUX_DIR = "/opt/flaskfleet-bench"
+SEED_PRODUCTS = 60_000
+
+
+def first_app(stack: Stack) -> str:
+    """The app instance that hosts the bench's own servers (and AUX_DIR) and is profiled."""
+    return min(stack.groups()["app"])
+
+
+def answers_200(url: str, seconds: float, interval: float = 0.5) -> None:
+    wait_for(
+        lambda: requests.get(url, timeout=3).status_code,
+        lambda status: status == 200,
+        f"{url} answering 200",
+        seconds,
+        interval,
+    )
+
+
+def seed(stack: Stack) -> tuple[int, int]:
+    """SEED_PRODUCTS products with stock for any order load; ids FIRST..LAST."""
+    log(f"seeding {SEED_PRODUCTS} products (once per stack)")
+    insert = (
+        "INSERT INTO products (sku, name, description, price_cents, stock) "
+        "SELECT 'bench-' || g, 'Bench product ' || g, 'Seeded by make bench', "
+        "100 + g % 900, 1000000000 FROM generate_series(1, {count}) g "
+        "ON CONFLICT (sku) DO NOTHING"
+    )
+    stack.psql("pg-primary", insert.format(count=int(SEED_PRODUCTS)))
+    first, last, count = (
+        int(v)
+        for v in stack.psql(
+            "pg-primary", "SELECT min(id), max(id), count(*) FROM products WHERE sku LIKE 'bench-%'"
+        ).split("|")
+    )
+    if last - first + 1 != count:
+        raise SystemExit(f"seeded product ids are not contiguous: {first}..{last}, {count} rows")
+    # The replica serves the reads: wait until it has the last row.
+    answers_200(f"{stack.url}/api/v1/products/{last}", 60, interval=1)
+    return first, last
+
+
+class AuxServers:
+    """The bare Gunicorn and the naive Flask server on the first app instance,
+    each published on 127.0.0.1 by an LXD proxy device, removed on exit."""
+
+    UNITS: ClassVar[dict[str, int]] = {"bench-gunicorn": 8101, "bench-naive": 8102}
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.instance = first_app(stack)
+        self.ports = {"bench-gunicorn": stack.port + 1, "bench-naive": stack.port + 2}
+
+    def __enter__(self) -> AuxServers:
+        log(f"starting the bare Gunicorn and the naive server on {self.instance}")
+        self.__exit__()
+        self.stack.lxc_exec(self.instance, "mkdir", "-p", AUX_DIR)
+        for name in ("constant_wsgi.py", "naive_app.py"):
+            self.stack.lxc("file", "push", SERVERS / name, f"{self.instance}{AUX_DIR}/{name}")
+        venv = f"{APP_DIR}/current/venv/bin"
+        common = ["systemd-run", "-p", "DynamicUser=yes", "-p", f"WorkingDirectory={AUX_DIR}"]
+        self.stack.lxc_exec(
+            self.instance,
+            *common,
+            "--unit=bench-gunicorn",
+            *(f"{venv}/gunicorn", "--workers", "1", "--bind", "127.0.0.1:8101"),
+            *("--access-logfile", "-", "--log-level", "warning", "constant_wsgi:app"),
+        )
+        self.stack.lxc_exec(
+            self.instance,
+            *common,
+            *("-p", f"EnvironmentFile={ENV_FILE}", "--unit=bench-naive"),
+            *(
+                f"{venv}/flask",
+                "--app",
+                "naive_app",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8102",
+            ),
+        )
+        for unit, port in self.UNITS.items():
+            self.stack.lxc(
+                *("config", "device", "add", self.instance, unit, "proxy"),
+                f"listen=tcp:127.0.0.1:{self.ports[unit]}",
+                f"connect=tcp:127.0.0.1:{port}",
+                "bind=host",
+            )
+        return self
+
+    def url(self, unit: str) -> str:
+        return f"http://127.0.0.1:{self.ports[unit]}"
+
+    def __exit__(self, *exc) -> None:
+        for unit in self.UNITS:
+            self.stack.lxc("config", "device", "remove", self.instance, unit, check=False)
+            self.stack.lxc_exec(self.instance, "systemctl", "stop", unit, check=False)
+            self.stack.lxc_exec(self.instance, "systemctl", "reset-failed", unit, check=False)
+
+
+def flush_cache(stack: Stack, password: str) -> None:
+    """FLUSHDB as Redis' admin user (the app's user may not)."""
+    redis = next(iter(stack.groups()["redis"].items()))
+    stack.lxc_exec(
+        redis[0],
+        *("redis-cli", "--user", "admin", "--askpass", "-h", redis[1], "FLUSHDB"),
+        input=password + "\n",
+    )
+
+
+def bench_scenarios(
+    stack: Stack, aux: AuxServers, seeded: tuple[int, int], secrets: dict, tokens: dict, nonce: str
+) -> list[Scenario]:
+    """The ceilings, the stack's scenarios and the naive baseline, in the report's order."""
+    first, last = seeded
+    product = f"{stack.url}/api/v1/products/{first}"
+    return [
+        Scenario(
+            "nginx_ceiling", "nginx fixed 200 (LB)", f"{stack.url}/nginx-health", kind="ceiling"
+        ),
+        Scenario(
+            "gunicorn_ceiling",
+            "bare Gunicorn worker",
+            aux.url("bench-gunicorn") + "/",
+            kind="ceiling",
+        ),
+        Scenario(
+            "hello",
+            "Flask /healthz via nginx",
+            f"{stack.url}/healthz",
+            kind="ceiling",
+            sweep=True,
+        ),
+        Scenario("cached_get", "cached product GET", product),
+        Scenario(
+            "uncached_get",
+            "uncached product GET (replica)",
+            stack.url,
+            ("walk", first, last),
+            before=lambda: flush_cache(stack, secrets["vault_redis_admin_password"]),
+        ),
+        Scenario(
+            "order_post",
+            "order POST (primary)",
+            stack.url,
+            ("order", first, first + 999, tokens["shop"], nonce),
+        ),
+        Scenario(
+            "naive_get",
+            "naive product GET (dev server)",
+            aux.url("bench-naive"),
+            ("walk", first, last),
+            kind="baseline",
+        ),
+    ]
