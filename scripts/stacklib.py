@@ -43,6 +43,34 @@ def recap_changed(output: str) -> dict[str, int]:
     }
 
 
+def run(
+    *cmd,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = True,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
+    """CMD in the repository, its output captured; a failure raises StackError with the output's
+    tail. A command whose arguments carry a secret passes check=False and says less."""
+    args = [str(part) for part in cmd]
+    result = subprocess.run(  # noqa: S603 (the callers' own commands: stack.sh, lxc, wrk)
+        args,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise StackError(
+            f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-6000:]}\n"
+            f"{result.stderr[-3000:]}"
+        )
+    return result
+
+
 def wait_for(
     fetch: Callable[[], Answer],
     until: Callable[[Answer], bool],
@@ -81,24 +109,7 @@ class Stack:
     def run(
         self, *cmd, timeout: float = 900, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess:
-        """CMD with its output captured; a failure raises StackError with the output's tail."""
-        args = [str(part) for part in cmd]
-        result = subprocess.run(  # noqa: S603 (the callers' own commands: stack.sh, lxc, wrk)
-            args,
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise StackError(
-                f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-6000:]}\n"
-                f"{result.stderr[-3000:]}"
-            )
-        return result
+        return run(*cmd, env=self.env, timeout=timeout, check=check, input=input)
 
     def timed(self, *cmd, timeout: float = 3600) -> float:
         """CMD with its output on this terminal; returns its wall time in seconds."""
