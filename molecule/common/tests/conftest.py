@@ -5,6 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
-from testlib import host, journal, private_ip, run_role_with
+from testlib import eventually, host, journal, private_ip, run_role_with
 
-__all__ = ["host", "journal", "private_ip", "run_role_with"]
+__all__ = ["eventually", "host", "journal", "private_ip", "run_role_with"]
