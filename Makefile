@@ -75,7 +75,7 @@ deploy: ## Rolling release to the local stack: make deploy RELEASE=<name> (build
 promote: ## Fail over: promote the replica, repoint the app
 	@bash scripts/stack.sh ansible-playbook promote.yml
 
-test-stack: ## End to end through 127.0.0.1 on a stack of its own (fft)
+test-stack: ## End to end through 127.0.0.1 on a stack of its own (ff-test)
 	python -m pytest tests/stack -q -p no:cacheprovider
 
 # The VMs (LXD) of the developer's stack `ff` - the one `make up` configures,

@@ -47,7 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--stack", default="ffb", help="stack name (default ffb)")
+    parser.add_argument("--stack", default="ff-bench", help="stack name (default ff-bench)")
     parser.add_argument("--port", type=int, default=8093, help="its port on 127.0.0.1")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=10)

@@ -1,5 +1,5 @@
 """The whole stack, end to end through 127.0.0.1: a stack of its own (FF_STACK,
-default fft, on FF_HTTP_PORT, default 8091) so a developer's `make up` stack is
+default ff-test, on FF_HTTP_PORT, default 8091) so a developer's `make up` stack is
 never touched. `make up` brings it up; the session ends with `make down` unless
 FF_KEEP_STACK=1. The stack is driven by scripts/stacklib.py, which make bench shares."""
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from stacklib import STACK_SH, Stack, recap_changed
 
-STACK = os.environ.get("FF_STACK", "fft")
+STACK = os.environ.get("FF_STACK", "ff-test")
 PORT = int(os.environ.get("FF_HTTP_PORT", "8091"))
 driver = Stack(STACK, PORT)
 LOG_DIR = driver.state
