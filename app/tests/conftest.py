@@ -457,6 +457,7 @@ class CeleryProcess:
     group of its own (a worker's pool processes included), its JSON log lines in a file."""
 
     def __init__(self, env: dict[str, str], directory: Path, command: list[str]) -> None:
+        self.env = env
         self.log_path = directory / f"{command[0]}-{secrets.token_hex(4)}.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(

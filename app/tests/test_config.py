@@ -5,6 +5,7 @@ import json
 import pytest
 from flaskfleet import create_app
 from flaskfleet.config import ConfigError, Settings
+from flaskfleet.tasks import make_celery
 
 BASE = {
     "FLASKFLEET_DATABASE_URL": "postgresql://app@127.0.0.1:5432/flaskfleet",
@@ -34,6 +35,16 @@ def clients(*overrides: dict) -> str:
         ("FLASKFLEET_MAX_PAGE_OFFSET", "-1"),
         ("FLASKFLEET_RELEASE", "v1\nX-Evil: 1"),
         ("FLASKFLEET_SECRET_KEY", "too-short"),
+        ("FLASKFLEET_BROKER_URL", "amqp://guest@127.0.0.1//"),
+        ("FLASKFLEET_BROKER_URL", "unix:///run/redis.sock"),
+        ("FLASKFLEET_TASK_MAX_RETRIES", "-1"),
+        ("FLASKFLEET_TASK_VISIBILITY_TIMEOUT", "0"),
+        ("FLASKFLEET_ORDER_RESERVATION_SECONDS", "soon"),
+        ("FLASKFLEET_REPORT_MAX_DAYS", "0"),
+        ("FLASKFLEET_WORKER_METRICS_PORT", "65536"),
+        ("FLASKFLEET_WORKER_METRICS_ADDRESS", "localhost"),
+        # A task allowed to run past the visibility timeout would run twice at once.
+        ("FLASKFLEET_TASK_TIME_LIMIT", "3600"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value):
@@ -108,9 +119,30 @@ def test_values_are_parsed():
     assert settings.database_replica_url is None
     assert settings.release == "0.1.0"
     # Secrets stay out of reprs and logs.
-    assert "127.0.0.1" not in repr(settings)
+    assert BASE["FLASKFLEET_DATABASE_URL"] not in repr(settings)
     assert HASH not in repr(settings)
     assert "a-secret-key" not in repr(settings)
+
+
+def test_worker_tier_defaults_and_broker():
+    settings = Settings.from_env(BASE)
+    assert settings.broker_url is None
+    assert (settings.task_visibility_timeout, settings.task_time_limit) == (3600, 300)
+    assert settings.task_max_retries == 5
+    assert settings.order_reservation_seconds == 900
+    assert settings.report_max_days == 366
+    assert (settings.worker_metrics_address, settings.worker_metrics_port) == ("127.0.0.1", 9808)
+    # A worker cannot run without a queue; the app can (its tasks wait in the outbox).
+    with pytest.raises(ConfigError, match="FLASKFLEET_BROKER_URL"):
+        make_celery(settings, worker=True)
+    broker = {
+        **BASE,
+        "FLASKFLEET_BROKER_URL": "rediss://flaskfleet:s3cr3t-pw@queue.internal:6380/0",
+    }
+    celery = make_celery(Settings.from_env(broker), worker=False)
+    assert celery.conf.broker_transport_options["global_keyprefix"] == "ffq:"
+    assert celery.conf.redbeat_key_prefix.startswith("ffq:")
+    assert "s3cr3t-pw" not in repr(Settings.from_env(broker))
 
 
 def test_replaced_variables_are_reported_not_fatal(capfd):

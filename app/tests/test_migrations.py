@@ -43,7 +43,7 @@ def test_upgrade_command_applies_once(cluster, fresh_database):
     url = cluster.primary.url(fresh_database, user=OWNER_ROLE)
     first = flask_db_upgrade(url)
     assert first.returncode == 0, first.stderr
-    assert "applied: 0001_shop, 0002_order_owners" in first.stdout
+    assert "applied: " + ", ".join(LATEST) in first.stdout
     second = flask_db_upgrade(url)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
@@ -56,9 +56,13 @@ def test_upgrade_command_applies_once(cluster, fresh_database):
         dbname=fresh_database,
     )
     assert [name for (name,) in tables] == [
+        "dead_letters",
         "idempotency_keys",
+        "jobs",
         "order_items",
+        "order_receipts",
         "orders",
+        "outbox",
         "products",
         "schema_migrations",
     ]
@@ -100,9 +104,9 @@ def test_order_owners_migration_carries_existing_rows_over(cluster, fresh_databa
                 " INSERT INTO orders (total_cents) SELECT n FROM generate_series(1, 50) n;"
                 " INSERT INTO idempotency_keys (key, request_hash) VALUES ('old-key', 'h');"
             )
-        assert migrations.upgrade(cluster.primary.url(fresh_database, user=OWNER_ROLE)) == [
-            "0002_order_owners"
-        ]
+        assert (
+            migrations.upgrade(cluster.primary.url(fresh_database, user=OWNER_ROLE)) == (LATEST[1:])
+        )
         with conn.cursor() as cur:
             cur.execute("SELECT count(DISTINCT public_id), min(owner), max(owner) FROM orders")
             assert cur.fetchone() == (50, "legacy", "legacy")
@@ -117,6 +121,32 @@ def test_order_owners_migration_carries_existing_rows_over(cluster, fresh_databa
             )
             with pytest.raises(psycopg2.errors.NotNullViolation):
                 cur.execute("INSERT INTO orders (total_cents) VALUES (1)")
+    finally:
+        conn.close()
+
+
+def test_worker_migration_makes_earlier_orders_final(cluster, fresh_database):
+    """Orders from before 0003 were final when placed: they become confirmed, never expire, and
+    so does an order a previous release places during a rolling deploy (no status named)."""
+    owner_url = cluster.primary.url(fresh_database, user=OWNER_ROLE)
+    conn = cluster.primary.connect(fresh_database, user=OWNER_ROLE)
+    try:
+        with conn.cursor() as cur:
+            for _, sql in migrations.available()[:2]:
+                cur.execute(sql)
+            cur.execute(
+                "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now());"
+                " INSERT INTO schema_migrations VALUES ('0001_shop'), ('0002_order_owners');"
+                " INSERT INTO orders (owner, total_cents) VALUES ('shop', 1), ('shop', 2);"
+            )
+        assert migrations.upgrade(owner_url) == ["0003_worker"]
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO orders (owner, total_cents) VALUES ('shop', 3)")
+            cur.execute("SELECT status, confirmed_at FROM orders ORDER BY id")
+            assert cur.fetchall() == [("confirmed", None)] * 3
+            with pytest.raises(psycopg2.errors.CheckViolation):
+                cur.execute("INSERT INTO orders (owner, total_cents, status) VALUES ('a', 1, 'x')")
     finally:
         conn.close()
 

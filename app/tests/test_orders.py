@@ -151,7 +151,7 @@ def test_orders_belong_to_their_client_and_show_only_the_public_id(client, produ
     # The public id is the only id shown; the sequential key appears nowhere.
     assert UUID4.match(order["id"])
     assert placed.headers["Location"] == f"/api/v1/orders/{order['id']}"
-    assert set(order) == {"id", "status", "total_cents", "created_at", "items"}
+    assert set(order) == {"id", "status", "total_cents", "created_at", "confirmed_at", "items"}
 
     url = f"/api/v1/orders/{order['id']}"
     assert client.get(url, headers=bearer("shop")).json == order

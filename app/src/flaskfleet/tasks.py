@@ -159,6 +159,8 @@ def make_celery(settings: Settings, *, worker: bool) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
+        # Without a result backend there is nothing to expire: no backend_cleanup schedule.
+        result_expires=None,
         task_default_queue=QUEUE,
         task_queues=[Queue(QUEUE)],
         task_acks_late=True,
@@ -199,8 +201,10 @@ def make_celery(settings: Settings, *, worker: bool) -> Celery:
 
 def _register_tasks(celery: Celery, settings: Settings) -> None:
     short = _limits(min(SHORT_TASK_TIME_LIMIT, settings.task_time_limit))
+    # Not shared: each Celery app (one per Services) gets its own tasks, bound to its services.
+    common = {"base": FlaskfleetTask, "bind": True, "shared": False}
 
-    @celery.task(name=CONFIRM_ORDER, base=FlaskfleetTask, bind=True, **short)
+    @celery.task(name=CONFIRM_ORDER, **common, **short)
     def confirm_order(self: FlaskfleetTask, order_id: str) -> None:
         (outcome, lag), _ = self.app.services.db.write(
             lambda conn: shop.confirm_order(conn, order_id, self.request.id)
@@ -214,9 +218,8 @@ def _register_tasks(celery: Celery, settings: Settings) -> None:
 
     @celery.task(
         name=SALES_REPORT,
-        base=FlaskfleetTask,
-        bind=True,
         on_dead_letter=fail_report,
+        **common,
         **_limits(settings.task_time_limit),
     )
     def sales_report(self: FlaskfleetTask, job_id: str) -> None:
@@ -231,15 +234,13 @@ def _register_tasks(celery: Celery, settings: Settings) -> None:
         services.db.write(lambda conn: jobs.finish_job(conn, job_id, "done", result))
         log.info("report done", extra={"job_id": job_id, "read_from": source})
 
-    @celery.task(name=RELAY_OUTBOX, base=FlaskfleetTask, bind=True, dead_letter=False, **short)
+    @celery.task(name=RELAY_OUTBOX, dead_letter=False, **common, **short)
     def relay_outbox(self: FlaskfleetTask) -> None:
         published = jobs.relay(self.app.services)
         if published:
             log.info("relayed unsent tasks", extra={"count": published})
 
-    @celery.task(
-        name=RELEASE_EXPIRED_ORDERS, base=FlaskfleetTask, bind=True, dead_letter=False, **short
-    )
+    @celery.task(name=RELEASE_EXPIRED_ORDERS, dead_letter=False, **common, **short)
     def release_expired_orders(self: FlaskfleetTask) -> None:
         services = self.app.services
         seconds = services.settings.order_reservation_seconds
@@ -252,7 +253,7 @@ def _register_tasks(celery: Celery, settings: Settings) -> None:
             services.cache.invalidate_products(product_ids)
             log.info("released expired reservations", extra={"product_ids": product_ids})
 
-    @celery.task(name=PRUNE_OUTBOX, base=FlaskfleetTask, bind=True, dead_letter=False, **short)
+    @celery.task(name=PRUNE_OUTBOX, dead_letter=False, **common, **short)
     def prune_outbox(self: FlaskfleetTask) -> None:
         deleted, _ = self.app.services.db.write(
             lambda conn: jobs.prune_outbox(conn, OUTBOX_KEEP_DAYS)
