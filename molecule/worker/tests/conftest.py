@@ -33,6 +33,7 @@ SECRETS = {
     if name.startswith("vault_") or (name.endswith("_password") and "{{" not in value)
 }
 ADMIN_TOKEN = "molecule-worker-admin-token"  # noqa: S105 -- a test-only token
+CA_FILE = "/etc/flaskfleet/tls/ca.crt"
 UNITS = ("flaskfleet-worker.service", "flaskfleet-beat.service")
 
 
@@ -66,7 +67,7 @@ def redis_admin(queue, *commands):
     """Redis's answers to commands sent as the queue's admin (password on stdin, not argv)."""
     script = "\n".join([f"AUTH admin {SECRETS['vault_queue_admin_password']}", *commands])
     address = private_ip(queue)
-    result = queue.run(f"redis-cli -h {address} <<'EOF'\n{script}\nEOF")
+    result = queue.run(f"redis-cli --tls --cacert {CA_FILE} -h {address} <<'EOF'\n{script}\nEOF")
     return result.stdout.splitlines()[1:]
 
 
@@ -96,7 +97,7 @@ def place_order(worker, queue):
     to the queue as the producer user (the app's), not the worker's."""
     producer_url = (
         f"redis://flaskfleet_producer:{SECRETS['vault_queue_producer_password']}"
-        f"@{private_ip(queue)}:6379/0"
+        f"@{private_ip(queue)}:6379/0?ssl_cert_reqs=required&ssl_ca_certs={CA_FILE}"
     )
     env = f'FLASKFLEET_BROKER_URL="{producer_url}"\nMOLECULE_ADMIN_TOKEN="{ADMIN_TOKEN}"\n'
     worker.check_output(
@@ -117,4 +118,4 @@ def place_order(worker, queue):
     return place
 
 
-__all__ += ["PROJECT_DIR", "SECRETS", "UNITS", "diagnostics", "redis_admin", "sql"]
+__all__ += ["CA_FILE", "PROJECT_DIR", "SECRETS", "UNITS", "diagnostics", "redis_admin", "sql"]

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from conftest import (
+    CA_FILE,
     PROJECT_DIR,
     SCENARIO_DIR,
     SECRETS,
@@ -132,7 +133,8 @@ def test_queue_is_a_broker_not_a_cache(queue):
 def test_the_producer_cannot_take_tasks_off_the_queue(queue):
     password = SECRETS["vault_queue_producer_password"]
     script = f"AUTH flaskfleet_producer {password}\nRPOP ffq:flaskfleet"
-    result = queue.run(f"redis-cli -h {private_ip(queue)} <<'EOF'\n{script}\nEOF")
+    cli = f"redis-cli --tls --cacert {CA_FILE} -h {private_ip(queue)}"
+    result = queue.run(f"{cli} <<'EOF'\n{script}\nEOF")
     assert result.stdout.splitlines()[0] == "OK", result.stdout
     assert "NOPERM" in result.stdout, result.stdout
 
