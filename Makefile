@@ -10,9 +10,9 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-TEST_SUITES := lint foundation terraform app $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
+TEST_SUITES := lint foundation terraform app rules $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
-.PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-roles test-stack \
+.PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-roles test-stack \
 	up down release deploy promote bench \
 	tf-apply-local tf-destroy-local
 
@@ -50,6 +50,10 @@ test-terraform: ## OpenTofu: fmt, validate, checkov; apply/destroy local (LXD) a
 
 test-app: ## The Flask service's tests against real PostgreSQL and Redis
 	python -m pytest app/tests -q
+
+test-rules: ## Monitoring rules as code: promtool check and unit tests, consoles rendered (monitoring/)
+	bash scripts/setup-promtool.sh
+	python -m pytest monitoring/tests -q -p no:cacheprovider
 
 test-roles: ## Every role's Molecule scenario
 	@bash scripts/run-tests.sh $(addprefix molecule:,$(MOLECULE_SCENARIOS))
