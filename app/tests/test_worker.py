@@ -2,10 +2,7 @@
 confirmed exactly once through the outbox, the relay, redelivery after a killed worker,
 retries and dead letters, expiry under concurrency, and the request id in task logs."""
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +13,6 @@ from conftest import (
     QUEUE_CONSUMER,
     QUEUE_PRODUCER,
     RUNTIME_ROLE,
-    SRC,
     metrics_text,
     wait_for,
 )
@@ -203,21 +199,12 @@ def test_a_killed_worker_task_is_redelivered_and_runs_once(
     assert cluster.primary.query("SELECT task_id FROM order_receipts")[0][0] == task_id
 
 
-def flask_tasks(app_env, *args: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FLASKFLEET_")}
-    env |= app_env
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "flaskfleet", "tasks", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def flask_tasks(app, *args: str):
+    """`flask --app flaskfleet tasks ...` through Flask's CLI runner (in process)."""
+    return app.test_cli_runner().invoke(args=["tasks", *args])
 
 
-def test_retries_then_dead_letter_then_requeue(client, app_env, product, cluster, start_worker):
+def test_retries_then_dead_letter_then_requeue(app, client, product, cluster, start_worker):
     worker = start_worker(FLASKFLEET_TASK_MAX_RETRIES="2")
     item = product(sku="DEAD", stock=5)
     # The confirmation fails for as long as the runtime role may not write receipts.
@@ -254,18 +241,18 @@ def test_retries_then_dead_letter_then_requeue(client, app_env, product, cluster
     assert 'flaskfleet_task_dead_letters_total{task="flaskfleet.confirm_order"} 1.0' in text
     assert 'flaskfleet_dead_letters{task="flaskfleet.confirm_order"} 1.0' in text
 
-    listed = flask_tasks(app_env, "dead-letters")
-    assert listed.returncode == 0, listed.stderr
+    listed = flask_tasks(app, "dead-letters")
+    assert listed.exit_code == 0, listed.output
     assert listed.stdout.startswith(f"{letter_id}\tflaskfleet.confirm_order\t")
     assert "attempts=3" in listed.stdout
-    requeued = flask_tasks(app_env, "requeue", str(letter_id))
-    assert requeued.returncode == 0, requeued.stderr
+    requeued = flask_tasks(app, "requeue", str(letter_id))
+    assert requeued.exit_code == 0, requeued.output
     wait_confirmed(cluster, order["id"])
     assert receipts(cluster) == 1
-    assert flask_tasks(app_env, "dead-letters").stdout == "no dead letters\n"
-    assert str(letter_id) in flask_tasks(app_env, "dead-letters", "--all").stdout
-    again = flask_tasks(app_env, "requeue", str(letter_id))
-    assert again.returncode != 0
+    assert flask_tasks(app, "dead-letters").stdout == "no dead letters\n"
+    assert str(letter_id) in flask_tasks(app, "dead-letters", "--all").stdout
+    again = flask_tasks(app, "requeue", str(letter_id))
+    assert again.exit_code != 0
     assert "requeued already" in again.stderr
 
 
