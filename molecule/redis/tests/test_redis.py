@@ -1,7 +1,8 @@
-"""Behaviour of the redis role: ACL users only (default user off), the app's
-user confined to its keys and commands, users and runtime settings applied
-without a restart, a sandboxed unit, private address only, bad variables
-refused before any change."""
+"""Behaviour of the redis role: TLS only, verified against the stack's CA, its
+certificate rotated without a restart; ACL users only (default user off), the
+app's user confined to its keys and commands, users and runtime settings
+applied without a restart, a sandboxed unit, private address only, bad
+variables refused before any change."""
 
 import json
 import os
@@ -25,6 +26,10 @@ APP_PASSWORD = SCENARIO_VARS["redis_users"][0]["password"]
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = SCENARIO_VARS["redis_admin_password"]
 ACL_FILE = "/etc/redis/users.acl"
+CA_FILE = "/etc/flaskfleet/tls/ca.crt"
+CERTIFICATE_FILE = "/etc/flaskfleet/tls/redis.crt"
+KEY_FILE = "/etc/flaskfleet/tls/redis.key"
+CA_DIR = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ca"
 MAX_EXPOSURE = 3.0
 
 REDIS = host("redis-cache1")
@@ -43,12 +48,21 @@ def address():
     return private_ip(REDIS)
 
 
-def redis_cli(address, *args, user=None, password=None):
-    """redis-cli on the Redis host; the answer (errors too) is in stdout."""
+def redis_cli(address, *args, user=None, password=None, tls=f"--tls --cacert {CA_FILE}"):
+    """redis-cli on the Redis host, over TLS verified against the stack's CA unless tls says
+    otherwise; the answer (errors too) is in stdout."""
     auth = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""
     login = f"--user {user} " if user else ""
     command = " ".join(shlex.quote(arg) for arg in args)
-    return REDIS.run(f"{auth}redis-cli {login}-h {address} {command}")
+    return REDIS.run(f"{auth}redis-cli {tls} {login}-h {address} {command}")
+
+
+def served_serial(address):
+    """The serial number of the certificate Redis serves to a new connection."""
+    return REDIS.check_output(
+        f"openssl s_client -connect {address}:6379 -CAfile {CA_FILE} -verify_return_error"
+        " </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    )
 
 
 def as_app(address, *args, password=APP_PASSWORD):
@@ -57,6 +71,39 @@ def as_app(address, *args, password=APP_PASSWORD):
 
 def as_admin(address, *args, password=ADMIN_PASSWORD):
     return redis_cli(address, *args, user=ADMIN_USER, password=password)
+
+
+def test_plaintext_client_is_refused(address):
+    result = redis_cli(address, "PING", user=APP_USER, password=APP_PASSWORD, tls="")
+    assert "PONG" not in result.stdout, result.stdout + result.stderr + redis_journal()
+    assert result.rc != 0 or "Error" in result.stdout + result.stderr, result.stdout
+
+
+def test_tls_client_that_verifies_the_ca_is_accepted(address):
+    assert as_app(address, "PING").stdout.strip() == "PONG", redis_journal()
+
+
+def test_tls_client_that_trusts_another_ca_is_refused(address):
+    # Debian's public CAs do not vouch for the stack's server.
+    result = redis_cli(
+        address, "PING", user=APP_USER, password=APP_PASSWORD,
+        tls="--tls --cacert /etc/ssl/certs/ca-certificates.crt",
+    )  # fmt: skip
+    answer = result.stdout + result.stderr
+    assert "PONG" not in result.stdout
+    assert "certificate verify failed" in answer, answer
+
+
+def test_certificate_names_the_host_and_its_key_stays_on_it(address):
+    text = REDIS.check_output(f"openssl x509 -in {CERTIFICATE_FILE} -noout -text")
+    assert f"IP Address:{address}" in text and "DNS:redis-cache1" in text, text
+    assert REDIS.run(f"openssl verify -CAfile {CA_FILE} {CERTIFICATE_FILE}").rc == 0
+    key = REDIS.file(KEY_FILE)
+    assert (key.user, key.group, key.mode) == ("root", "redis", 0o640)
+    # The controller holds the CA only: no server key was copied there.
+    assert sorted(path.name for path in CA_DIR.iterdir()) == ["ca.crt", "ca.csr", "ca.key"]
+    assert (CA_DIR / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert CA_DIR.stat().st_mode & 0o777 == 0o700
 
 
 def test_unauthenticated_client_is_refused(address):
@@ -164,6 +211,19 @@ def converge(*extra_vars):
     return output
 
 
+def test_rotation_serves_a_new_certificate_without_restart(address):
+    pid_before, serial_before = main_pid(), served_serial(address)
+    key_before = REDIS.check_output(f"sha256sum {KEY_FILE}")
+    output = converge("pki_rotate=true")
+    assert "Load the Redis TLS certificate" in output, output[-3000:]
+    serial_after = served_serial(address)
+    assert serial_after and serial_after != serial_before, redis_journal()
+    assert serial_after == REDIS.check_output(f"openssl x509 -in {CERTIFICATE_FILE} -noout -serial")
+    assert REDIS.check_output(f"sha256sum {KEY_FILE}") != key_before, "the key was not renewed"
+    assert main_pid() == pid_before, redis_journal()
+    assert as_app(address, "PING").stdout.strip() == "PONG"
+
+
 def test_runtime_setting_applied_without_restart(address):
     pid_before = main_pid()
     try:
@@ -209,6 +269,7 @@ def test_admin_password_rotation(address):
 
 
 ADMIN = {"redis_admin_password": "a-good-admin-password-1"}
+WITH_CA = {**ADMIN, "pki_ca_dir": str(CA_DIR)}
 USER = {"name": "app", "password": "a-good-user-password-1", "rules": "resetkeys ~ff:* +get"}
 
 
@@ -246,6 +307,24 @@ def user(**changes):
         ({**ADMIN, "redis_maxmemory": "lots"}, "redis_maxmemory like 256mb"),
         ({**ADMIN, "redis_persistence": "sometimes"}, "redis_persistence"),
         ({**ADMIN, "redis_bind_addresses": []}, "at least one address"),
+        ({**ADMIN}, "pki_ca_dir must be an absolute directory on the controller"),
+        ({**ADMIN, "pki_ca_dir": "relative/ca"}, "pki_ca_dir must be an absolute directory"),
+        (
+            {**WITH_CA, "redis_tls_key_file": "/etc/../key"},
+            "pki_certificate_file and pki_key_file must be absolute paths",
+        ),
+        (
+            {**WITH_CA, "redis_tls_key_file": "/etc/flaskfleet/tls/ca.crt"},
+            "must be three different files",
+        ),
+        (
+            {**WITH_CA, "pki_renew_days": 400},
+            "need 1 <= pki_renew_days < pki_certificate_days",
+        ),
+        (
+            {**WITH_CA, "pki_certificate_sans": ["redis.internal"]},
+            "pki_certificate_sans must be a non-empty list",
+        ),
     ],
 )
 def test_bad_variables_fail_with_a_clear_message(extra_vars, message):
