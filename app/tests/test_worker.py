@@ -95,9 +95,12 @@ def test_task_logs_carry_the_request_id(client, product, cluster, start_worker):
     assert lines[0]["task"] == "flaskfleet.confirm_order"
     assert {"time", "level", "message", "task_id"} <= set(lines[0])
     # Celery's own lines about the task are JSON with the same fields.
-    assert any(
-        line.get("logger") == "celery.app.trace" and line.get("request_id") == "req-trace-42"
-        for line in worker.log_lines()
+    wait_for(
+        lambda: any(
+            line.get("logger") == "celery.app.trace" and line.get("request_id") == "req-trace-42"
+            for line in worker.log_lines()
+        ),
+        what="Celery's line about the task",
     )
 
 
@@ -145,11 +148,15 @@ def test_an_order_placed_while_the_queue_is_down_is_confirmed_later(
         queue_server.start()
     ((sent_at,),) = cluster.primary.query("SELECT sent_at FROM outbox")
     assert sent_at is None
+    # Once the queue is back the app publishes at once again.
+    later = place(client, item["id"])
+    assert cluster.primary.query("SELECT sent_at IS NOT NULL FROM outbox ORDER BY id")[1][0]
     worker = start_worker()
     # One beat per worker node; redbeat's lock lets only one of them schedule.
     beats = [start_beat(), start_beat()]
     wait_confirmed(cluster, order["id"], timeout=30)
-    assert receipts(cluster) == 1
+    wait_confirmed(cluster, later["id"])
+    assert receipts(cluster) == 2
     assert cluster.primary.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL")[0][0] == 0
     assert any(line.get("message") == "relayed unsent tasks" for line in worker.log_lines())
     scheduling = [
