@@ -1,6 +1,7 @@
 """Configuration from FLASKFLEET_* variables; bad values stop start-up with a clear message."""
 
 import json
+import ssl
 
 import pytest
 from flaskfleet import create_app
@@ -37,6 +38,7 @@ def clients(*overrides: dict) -> str:
         ("FLASKFLEET_SECRET_KEY", "too-short"),
         ("FLASKFLEET_BROKER_URL", "amqp://guest@127.0.0.1//"),
         ("FLASKFLEET_BROKER_URL", "unix:///run/redis.sock"),
+        ("FLASKFLEET_BROKER_URL", "rediss://u:p@queue:6380/0?ssl_cert_reqs=none"),
         ("FLASKFLEET_TASK_MAX_RETRIES", "-1"),
         ("FLASKFLEET_TASK_VISIBILITY_TIMEOUT", "0"),
         ("FLASKFLEET_ORDER_RESERVATION_SECONDS", "soon"),
@@ -143,6 +145,11 @@ def test_worker_tier_defaults_and_broker():
     assert celery.conf.broker_transport_options["global_keyprefix"] == "ffq:"
     assert celery.conf.redbeat_key_prefix.startswith("ffq:")
     assert "s3cr3t-pw" not in repr(Settings.from_env(broker))
+    # TLS verifies the server's certificate, against the CA the URL names if it names one.
+    assert celery.connection_for_write().ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    broker["FLASKFLEET_BROKER_URL"] += "?ssl_ca_certs=/etc/flaskfleet/ca.pem"
+    celery = make_celery(Settings.from_env(broker), worker=True)
+    assert celery.connection_for_write().ssl == {"ssl_ca_certs": "/etc/flaskfleet/ca.pem"}
 
 
 def test_replaced_variables_are_reported_not_fatal(capfd):

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import limits
 import psycopg2.extensions
@@ -118,9 +119,15 @@ class Settings(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        url = value.get_secret_value()
         # Celery names a Redis socket differently (redis+socket://): TCP only, as deployed.
-        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+        if not url.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
+        cert_reqs = parse_qs(urlsplit(url).query).get("ssl_cert_reqs", ["required"])
+        if [reqs.lower() for reqs in cert_reqs] not in (["required"], ["cert_required"]):
+            raise ValueError("must not turn off verifying the server's certificate")
         return value
 
     @field_validator("worker_metrics_address")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,6 +156,11 @@ def make_celery(settings: Settings, *, worker: bool) -> Celery:
         broker_transport_options=transport_options,
         broker_connection_timeout=5 if worker else 1,
         broker_connection_retry_on_startup=True,
+        # kombu would connect to a rediss:// URL without verifying the server's certificate;
+        # the CA comes from the URL (?ssl_ca_certs=/path), redbeat takes the same settings.
+        broker_use_ssl=(
+            {"ssl_cert_reqs": ssl.CERT_REQUIRED} if broker_url.startswith("rediss://") else None
+        ),
         # JSON only: whoever can write to the queue must not be able to run code in a worker.
         task_serializer="json",
         accept_content=["json"],
