@@ -15,6 +15,11 @@ SERVICE = "postgresql@15-main"
 LOG = "/var/log/postgresql/postgresql-15-main.log"
 APP_DATABASE = "flaskfleet"
 APP_ROLES = {"owner": "flaskfleet_owner", "runtime": "flaskfleet"}
+CA_FILE = "/etc/flaskfleet/tls/ca.crt"
+CERTIFICATE_FILE = "/etc/flaskfleet/tls/postgresql.crt"
+KEY_FILE = "/etc/flaskfleet/tls/postgresql.key"
+# TLS that checks the server's certificate and address against the stack's CA, as the app does.
+VERIFY_FULL = f"sslmode=verify-full sslrootcert={CA_FILE}"
 
 
 def _host(name):
@@ -51,12 +56,26 @@ def password(host, role):
     return host.ansible.get_variables()[name]
 
 
-def psql_as(host, role, sql, server="127.0.0.1", database=APP_DATABASE):
-    """Run SQL as one of the app's roles ('owner' or 'runtime'), over TCP with its password."""
+def psql_as(host, role, sql, server="127.0.0.1", database=APP_DATABASE, tls=VERIFY_FULL):
+    """Run SQL as one of the app's roles ('owner' or 'runtime'), over TCP with its password and,
+    unless tls says otherwise, TLS verified against the stack's CA."""
+    conninfo = f"host={server} user={APP_ROLES[role]} dbname={database} {tls}"
     return host.run(
         f"PGPASSWORD={shlex.quote(password(host, role))} psql -XAtq -v ON_ERROR_STOP=1"
-        f" -h {server} -U {APP_ROLES[role]} -d {database} -c {shlex.quote(sql)}"
+        f" {shlex.quote(conninfo)} -c {shlex.quote(sql)}"
     )
+
+
+def served_serial(host, server):
+    """The serial number of the certificate PostgreSQL at server serves to a new connection."""
+    return host.check_output(
+        f"openssl s_client -starttls postgres -connect {server}:5432 -CAfile {CA_FILE}"
+        " -verify_return_error </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    )
+
+
+def postmaster_pid(host):
+    return host.check_output("head -n 1 /var/lib/postgresql/15/main/postmaster.pid")
 
 
 def eventually(check, timeout=30.0, interval=1.0):

@@ -1,5 +1,6 @@
-"""Behaviour of the postgresql role: streaming replication, read-only replica, pg_hba, slots,
-the app's owner and runtime roles, the service's sandbox."""
+"""Behaviour of the postgresql role: TLS only (verified against the stack's CA, rotated with a
+reload), streaming replication over it, read-only replica, pg_hba, slots, the app's owner and
+runtime roles, the service's sandbox."""
 
 import json
 import re
@@ -9,12 +10,17 @@ import pytest
 from conftest import (
     APP_DATABASE,
     APP_ROLES,
+    CA_FILE,
+    CERTIFICATE_FILE,
+    KEY_FILE,
     SERVICE,
     diagnostics,
     eventually,
+    postmaster_pid,
     psql,
     psql_as,
     run_converge,
+    served_serial,
 )
 
 # systemd-analyze security rates a unit from 0 (locked down) to 10 (UNSAFE).
@@ -30,6 +36,63 @@ def test_primary_streams_to_the_replica(primary):
         lambda: psql(primary, "SELECT state FROM pg_stat_replication").stdout.split()
     )
     assert states == ["streaming"], f"pg_stat_replication: {states}" + diagnostics(primary)
+
+
+def test_replication_streams_over_tls(primary, replica):
+    encrypted = eventually(
+        lambda: psql(
+            primary,
+            "SELECT s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+        ).stdout.split()
+    )
+    assert encrypted == ["t|TLSv1.3"], f"replication connections: {encrypted}" + diagnostics(
+        primary
+    )
+    conninfo = psql(replica, "SHOW primary_conninfo").stdout
+    assert f"sslmode=verify-full sslrootcert={CA_FILE}" in conninfo, conninfo
+
+
+def primary_address(primary):
+    return primary.interface("eth0").addresses[0]
+
+
+def test_plaintext_connection_is_refused(primary, replica):
+    refused = psql_as(replica, "runtime", "SELECT 1", server=primary_address(primary),
+                      tls="sslmode=disable")  # fmt: skip
+    assert refused.rc != 0
+    assert "no pg_hba.conf entry" in refused.stderr and "no encryption" in refused.stderr, (
+        refused.stderr
+    )
+
+
+def test_verified_tls_connection_is_accepted(primary, replica):
+    session = psql_as(
+        replica, "runtime", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        server=primary_address(primary),
+    )  # fmt: skip
+    assert session.rc == 0, session.stderr + diagnostics(primary)
+    assert session.stdout.strip() == "t|TLSv1.3"
+
+
+def test_a_server_the_ca_does_not_vouch_for_is_refused(primary, replica):
+    # Debian's public CAs do not vouch for the stack's server.
+    refused = psql_as(
+        replica, "runtime", "SELECT 1", server=primary_address(primary),
+        tls="sslmode=verify-full sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+    )  # fmt: skip
+    assert refused.rc != 0
+    assert "certificate verify failed" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("node", ["primary", "replica"])
+def test_certificate_names_the_host_and_its_key_stays_on_it(node, request):
+    host = request.getfixturevalue(node)
+    text = host.check_output(f"openssl x509 -in {CERTIFICATE_FILE} -noout -text")
+    address = host.interface("eth0").addresses[0]
+    assert f"IP Address:{address}" in text and f"DNS:postgresql-{node}" in text, text
+    assert host.run(f"openssl verify -CAfile {CA_FILE} {CERTIFICATE_FILE}").rc == 0
+    key = host.file(KEY_FILE)
+    assert (key.user, key.group, key.mode) == ("root", "postgres", 0o640)
 
 
 def test_row_written_on_primary_is_read_on_replica(primary, replica):
@@ -65,14 +128,18 @@ def test_pg_hba_has_no_trust_and_admits_the_replica(node, request, replica):
     rules = json.loads(
         psql(
             host,
-            "SELECT json_agg(json_build_object('database', database, 'user', user_name,"
+            "SELECT json_agg(json_build_object('type', type, 'database', database,"
+            " 'user', user_name,"
             " 'address', address, 'netmask', netmask, 'method', auth_method, 'error', error))"
             " FROM pg_hba_file_rules",
         ).stdout
     )
     assert [rule for rule in rules if rule["error"]] == []
     assert [rule for rule in rules if rule["method"] == "trust"] == []
+    # Every TCP line demands TLS: no host (or hostnossl) line a plaintext client could match.
+    assert {rule["type"] for rule in rules} == {"local", "hostssl"}, rules
     replication = {
+        "type": "hostssl",
         "database": ["replication"],
         "user": ["replicator"],
         "address": replica_address(replica),
@@ -237,6 +304,29 @@ def test_a_second_converge_changes_nothing_after_the_upgrade():
     assert set(re.findall(r"changed=(\d+)", output)) == {"0"}, output
 
 
+def test_rotation_reloads_the_new_certificate_without_restart(primary, replica):
+    """-e pki_rotate=true: new keys and certificates on both servers, served after a reload (the
+    postmasters keep running), and replication carries on over TLS."""
+    server = primary_address(primary)
+    pids = {
+        name: postmaster_pid(host) for name, host in (("primary", primary), ("replica", replica))
+    }
+    serial_before = served_serial(replica, server)
+    returncode, output = run_converge("pki_rotate=true")
+    assert returncode == 0, output[-3000:]
+    serial_after = served_serial(replica, server)
+    assert serial_after != serial_before, diagnostics(primary)
+    assert serial_after == primary.check_output(
+        f"openssl x509 -in {CERTIFICATE_FILE} -noout -serial"
+    )
+    assert pids == {"primary": postmaster_pid(primary), "replica": postmaster_pid(replica)}
+    token = uuid.uuid4().hex  # interpolated into SQL below: a uuid, never outside input
+    write = psql(primary, f"INSERT INTO molecule_probe VALUES ('{token}')")  # noqa: S608
+    assert write.rc == 0, write.stderr
+    select = f"SELECT token FROM molecule_probe WHERE token = '{token}'"  # noqa: S608
+    assert eventually(lambda: psql(replica, select).stdout.strip() == token), diagnostics(replica)
+
+
 @pytest.mark.parametrize("node", ["primary", "replica"])
 def test_service_sandbox_rates_safe(node, request):
     host = request.getfixturevalue(node)
@@ -298,6 +388,20 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
             '{"postgresql_settings": {"jit": true}}',
             "postgresql_settings may not set ['jit']",
         ),
+        (
+            '{"postgresql_settings": {"ssl": false}}',
+            "postgresql_settings may not set ['ssl']",
+        ),
+        (
+            '{"postgresql_hba_entries": [{"type": "host", "database": "all", "user": "all",'
+            ' "address": "0.0.0.0/0", "method": "scram-sha-256"}]}',
+            "value of type must be one of: local, hostssl",
+        ),
+        ("pki_ca_dir=", "pki_ca_dir must be an absolute directory on the controller"),
+        (
+            "postgresql_tls_key_file=key.pem",
+            "pki_certificate_file and pki_key_file must be absolute",
+        ),
     ],
     ids=[
         "empty-password",
@@ -306,6 +410,10 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
         "empty-owner-password",
         "owner-is-runtime-role",
         "jit-in-settings",
+        "ssl-in-settings",
+        "plaintext-hba-entry",
+        "no-ca",
+        "relative-key-path",
     ],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):
