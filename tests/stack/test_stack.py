@@ -11,6 +11,7 @@ import requests
 from conftest import (
     LOG_DIR,
     Load,
+    OrderLoad,
     instance,
     inventory_dir,
     inventory_hosts,
@@ -20,6 +21,7 @@ from conftest import (
     recap_changed,
     run,
     vault_view,
+    wait_until_confirmed,
 )
 
 # nginx's micro-cache keeps an answer 1 s (nginx_micro_cache_ttl), counted in whole
@@ -170,20 +172,120 @@ def test_no_secret_in_any_log_or_process_list(stack):
     assert not found, found
 
 
-def test_rolling_deploy_under_load_fails_no_request(stack):
+def test_an_order_is_confirmed_by_the_worker_tier(stack):
+    _, product = new_product(stack)
+    placed = stack.session("shop").post(
+        f"{stack.url}/api/v1/orders",
+        json={"items": [{"product_id": product["id"], "quantity": 1}]},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+        timeout=10,
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["status"] == "reserved"
+    assert wait_until_confirmed(stack, "shop", [placed.json()["id"]], timeout=60) == []
+    assert receipts(placed.json()["id"]) == 1
+
+
+def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
+    """Reads and a steady order load (clients retry with the same key) while every app node and
+    every worker is rolled to a new release: no read fails, every order is acknowledged, and
+    every acknowledged order is confirmed by the workers."""
     release = f"0.1.0+e2e{int(time.time())}"
-    with Load(f"{stack.url}/api/v1/products?limit=5", seconds=300) as load:
+    _, product = new_product(stack, stock=100000)
+    run("bash", "scripts/release.sh", release)
+    with (
+        Load(f"{stack.url}/api/v1/products?limit=5", seconds=600) as load,
+        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=4, seconds=600) as orders,
+    ):
         time.sleep(2)
-        run("bash", "scripts/release.sh", release)
         playbook("deploy.yml", "-e", f"app_release={release}")
         time.sleep(2)
     assert load.failed == 0, load.summary()
     assert sum(load.statuses.values()) > 100, load.summary()
+    assert orders.failed == [], orders.summary()
+    assert len(orders.acknowledged) > 20, orders.summary()
+    assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
     hosts = {}
     for _ in range(30):
         response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
         hosts[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
     assert hosts == {instance("app-1"): release, instance("app-2"): release}
+    for worker in (instance("worker-1"), instance("worker-2")):
+        current = lxc("exec", worker, "--", "readlink", "/opt/flaskfleet/current").stdout
+        assert current.strip().endswith(release), worker
+
+
+def receipts(order_id: str) -> int:
+    """How many receipts the order has (the worker writes one when it confirms it)."""
+    public_id = uuid.UUID(order_id)  # parsed, so the query below holds nothing but a UUID
+    join = "order_receipts r JOIN orders o ON o.id = r.order_id"
+    return int(psql("pg-primary", f"SELECT count(*) FROM {join} WHERE o.public_id = '{public_id}'"))  # noqa: S608
+
+
+def place_orders(stack, product, count):
+    session = stack.session("shop")
+    ids = []
+    for _ in range(count):
+        response = session.post(
+            f"{stack.url}/api/v1/orders",
+            json={"items": [{"product_id": product["id"], "quantity": 1}]},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+def on_workers(*command):
+    for worker in (instance("worker-1"), instance("worker-2")):
+        lxc("exec", worker, "--", *command)
+
+
+def test_orders_placed_while_the_queue_is_down_are_confirmed_after_it_returns(stack):
+    _, product = new_product(stack)
+    lxc("exec", instance("queue"), "--", "systemctl", "stop", "redis-server")
+    try:
+        ids = place_orders(stack, product, 5)
+    finally:
+        lxc("exec", instance("queue"), "--", "systemctl", "start", "redis-server")
+    assert wait_until_confirmed(stack, "shop", ids, timeout=120) == []
+
+
+def test_a_queue_restart_loses_no_queued_task(stack):
+    """Workers stopped, tasks wait in the queue's Redis; Redis restarts (its append-only file
+    keeps them); the workers come back and confirm every order."""
+    _, product = new_product(stack)
+    on_workers("systemctl", "stop", "flaskfleet-worker")
+    try:
+        ids = place_orders(stack, product, 5)
+        lxc("exec", instance("queue"), "--", "systemctl", "restart", "redis-server")
+    finally:
+        on_workers("systemctl", "start", "flaskfleet-worker")
+    assert wait_until_confirmed(stack, "shop", ids, timeout=120) == []
+
+
+def test_a_worker_killed_mid_task_completes_it_exactly_once(stack):
+    """The confirm task blocks on a table lock held from psql; every worker process is killed
+    with SIGKILL while it waits; once the lock goes, the task is redelivered (after the
+    broker's visibility timeout) and the order is confirmed once, with one receipt."""
+    _, product = new_product(stack)
+    # EXCLUSIVE lets the order be placed and read, but not its receipt be written.
+    lock = subprocess.Popen(
+        ["lxc", "exec", instance("pg-primary"), "--", "runuser", "-u", "postgres", "--",
+         "psql", "-d", "flaskfleet", "-c",
+         "BEGIN; LOCK TABLE order_receipts IN EXCLUSIVE MODE; SELECT pg_sleep(15); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        (order_id,) = place_orders(stack, product, 1)
+        time.sleep(4)
+        on_workers("pkill", "-KILL", "-f", "celery.*worker")
+    finally:
+        lock.wait(timeout=60)
+    assert wait_until_confirmed(stack, "shop", [order_id], timeout=300) == []
+    assert receipts(order_id) == 1
 
 
 def test_stopping_an_app_node_under_load_fails_no_idempotent_request(stack):
