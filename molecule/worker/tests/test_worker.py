@@ -140,7 +140,7 @@ def test_the_producer_cannot_take_tasks_off_the_queue(queue):
 
 
 def test_one_scheduler_holds_the_redbeat_lock(worker, queue):
-    """A second scheduler starts, waits for redbeat's lock and sends nothing while the unit holds it;
+    """A second scheduler starts, waits for the redbeat lock, sends nothing while the unit holds it;
     when the unit stops (releasing the lock) the second takes over."""
     locks = [key for key in redis_admin(queue, "KEYS ffq:redbeat*lock*") if key]
     assert len(locks) == 1, locks
