@@ -66,15 +66,17 @@ playbook() {
 # FF_STACK. So `ansible-playbook site.yml` needs no flags: for ff its
 # inventory is ansible.cfg's default, another stack adds -i $inventory.
 link_group_vars() {
-  local file
+  local file target
   if [ "$stack" = ff ]; then
     ln -sfn "../../../../$state/vault.yml" inventories/local/group_vars/all/vault.yml
     return
   fi
-  [ -L "$inventory/group_vars" ] && rm "$inventory/group_vars"
-  mkdir -p "$inventory/group_vars/all"
-  for file in inventories/local/group_vars/all/*.yml; do
-    [ "$(basename "$file")" = vault.yml ] || ln -sfn "$FF_ROOT/$file" "$inventory/group_vars/all/"
+  rm -rf "$inventory/group_vars"  # links only (an older stack's was a link to the directory)
+  for file in inventories/local/group_vars/*/*.yml; do
+    [ "$(basename "$file")" = vault.yml ] && continue
+    target=$inventory/${file#inventories/local/}
+    mkdir -p "$(dirname "$target")"
+    ln -sfn "$FF_ROOT/$file" "$target"
   done
   ln -sfn ../../../vault.yml "$inventory/group_vars/all/vault.yml"
 }

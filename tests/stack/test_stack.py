@@ -193,6 +193,10 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
     release = f"0.1.0+e2e{int(time.time())}"
     _, product = new_product(stack, stock=100000)
     run("bash", "scripts/release.sh", release)
+    site = ["cat", "/etc/nginx/conf.d/flaskfleet.conf"]
+    site_before = lxc("exec", instance("lb"), "--", *site).stdout
+    # An lb-only setting (inventories/local/group_vars/lb/nginx.yml): the drains must keep it.
+    assert "burst=10000 " in site_before
     with (
         Load(f"{stack.url}/api/v1/products?limit=5", seconds=600) as load,
         OrderLoad(stack.url, stack.session("shop"), product["id"], rate=4, seconds=600) as orders,
@@ -202,6 +206,7 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
         time.sleep(2)
     assert load.failed == 0, load.summary()
     assert sum(load.statuses.values()) > 100, load.summary()
+    assert lxc("exec", instance("lb"), "--", *site).stdout == site_before
     assert orders.failed == [], orders.summary()
     assert len(orders.acknowledged) > 20, orders.summary()
     assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
