@@ -1,4 +1,5 @@
-"""Behaviour of the app role: socket activation, health, reload, releases, bad variables."""
+"""Behaviour of the app role: socket activation, health, TLS to PostgreSQL and Redis, reload,
+releases, bad variables."""
 
 import json
 import re
@@ -14,6 +15,7 @@ from conftest import (
     build_release,
     diagnostics,
     eventually,
+    host,
     http_get,
     main_pid,
     run_deploy,
@@ -46,6 +48,49 @@ def test_readyz_reports_the_primary_and_redis_ok(app, address):
     checks = json.loads(body)["checks"]
     assert checks["primary"]["status"] == "ok", body
     assert checks["redis"]["status"] == "ok", body
+
+
+CA_FILE = "/etc/flaskfleet/tls/ca.crt"
+
+
+def test_the_app_verifies_postgresql_and_redis_against_the_stacks_ca(app):
+    env = app.file("/etc/flaskfleet/flaskfleet.env").content_string
+    urls = dict(re.findall(r'^(FLASKFLEET_[A-Z_]+_URL)="([^"]*)"$', env, re.MULTILINE))
+    assert urls["FLASKFLEET_DATABASE_URL"].endswith(f"?sslmode=verify-full&sslrootcert={CA_FILE}")
+    assert urls["FLASKFLEET_REDIS_URL"].startswith("rediss://")
+    assert urls["FLASKFLEET_REDIS_URL"].endswith(f"?ssl_cert_reqs=required&ssl_ca_certs={CA_FILE}")
+    ca = app.file(CA_FILE)
+    assert (ca.user, ca.mode) == ("root", 0o644)
+    assert app.run(f"runuser -u flaskfleet -- openssl x509 -in {CA_FILE} -noout").rc == 0
+
+
+def test_readyz_is_ok_over_tls_connections(app, address):
+    """/readyz reaches both servers; the primary sees the app's sessions encrypted, and Redis has
+    no plaintext port, so the app's Redis client there spoke TLS."""
+    status, _, body = http_get(app, f"http://{address}:{PORT}/readyz")
+    assert status == 200, body + diagnostics(app)
+    postgres = host("app-postgres")
+    # The only value in the SQL is the app host's own address.
+    query = (
+        "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"  # noqa: S608
+        f" WHERE a.usename = 'flaskfleet' AND a.client_addr = '{address}'"
+    )
+    sessions = postgres.check_output(
+        f"runuser -u postgres -- psql -XAtq -c {shlex.quote(query)}"
+    ).split()
+    assert sessions, "the app holds no connection to the primary after /readyz"
+    assert set(sessions) == {"t|TLSv1.3"}, sessions
+    group_vars = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())["provisioner"][
+        "inventory"
+    ]["group_vars"]["all"]
+    redis = host("app-redis")
+    redis_address = redis.interface("eth0").addresses[0]
+    admin = shlex.quote(group_vars["redis_admin_password"])
+    tls = f"--tls --cacert {CA_FILE}"
+    cli = f"REDISCLI_AUTH={admin} redis-cli {tls} --user admin -h {redis_address}"
+    assert redis.check_output(f"{cli} CONFIG GET port").split() == ["port", "0"]
+    clients = redis.check_output(f"{cli} CLIENT LIST")
+    assert re.search(rf"addr={re.escape(address)}:\d+ .*user=flaskfleet ", clients), clients
 
 
 def test_service_runs_sandboxed_as_its_own_user(app):
@@ -139,8 +184,10 @@ def test_reload_keeps_the_master_and_keeps_answering(app, address):
         ("app_release=../etc", "app_release '../etc' must be 1-64 characters"),
         ("app_secret_key=short", "app_secret_key must be at least 16 characters"),
         ('{"app_workers": "many"}', "app_workers"),
+        ("app_tls_ca_file=ca.crt", "pki_ca_file must be an absolute path"),
+        ("pki_ca_dir=", "pki_ca_dir must be an absolute directory on the controller"),
     ],
-    ids=["release-name", "short-secret-key", "workers-not-an-int"],
+    ids=["release-name", "short-secret-key", "workers-not-an-int", "relative-ca-file", "no-ca"],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):
     returncode, output = run_deploy(extra_vars)
