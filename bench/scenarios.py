@@ -121,7 +121,9 @@ def flush_cache(stack: Stack, password: str) -> None:
     redis = next(iter(stack.groups()["redis"].items()))
     stack.lxc_exec(
         redis[0],
-        *("redis-cli", "--user", "admin", "--askpass", "-h", redis[1], "FLUSHDB"),
+        # TLS only, verified against the stack's CA (group_vars/all/tls.yml).
+        *("redis-cli", "--tls", "--cacert", "/etc/flaskfleet/tls/ca.crt"),
+        *("--user", "admin", "--askpass", "-h", redis[1], "FLUSHDB"),
         input=password + "\n",
     )
 
