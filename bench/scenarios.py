@@ -42,11 +42,12 @@ def seed(stack: Stack) -> tuple[int, int]:
         "100 + g % 900, 1000000000 FROM generate_series(1, {count}) g "
         "ON CONFLICT (sku) DO NOTHING"
     )
-    stack.psql("pg-primary", insert.format(count=int(SEED_PRODUCTS)))
+    stack.psql("postgres-primary", insert.format(count=int(SEED_PRODUCTS)))
     first, last, count = (
         int(v)
         for v in stack.psql(
-            "pg-primary", "SELECT min(id), max(id), count(*) FROM products WHERE sku LIKE 'bench-%'"
+            "postgres-primary",
+            "SELECT min(id), max(id), count(*) FROM products WHERE sku LIKE 'bench-%'",
         ).split("|")
     )
     if last - first + 1 != count:

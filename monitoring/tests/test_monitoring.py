@@ -153,7 +153,7 @@ CONSOLE_EXPECTED = [
     "87.5%",
     "replica 50%",
     "no (primary)",
-    "pg_replica_1 on pg-primary:9187",
+    "postgres_replica_1 on postgres-primary:9187",
     "2GiB",
     "1MiB",
     "256MiB",

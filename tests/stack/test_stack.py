@@ -66,9 +66,9 @@ def test_a_write_is_read_back_at_once_and_reaches_the_replica(stack):
     assert read.json()["sku"] == product["sku"]
     query = f"SELECT sku FROM products WHERE id = {int(product['id'])}"  # noqa: S608 - an int
     deadline = time.monotonic() + 10
-    while not psql("pg-replica", query) and time.monotonic() < deadline:
+    while not psql("postgres-replica", query) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert psql("pg-replica", query) == product["sku"]
+    assert psql("postgres-replica", query) == product["sku"]
 
 
 def test_a_second_get_is_a_cache_hit(stack):
@@ -223,8 +223,8 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
 def receipts(order_id: str) -> int:
     """How many receipts the order has (the worker writes one when it confirms it)."""
     public_id = uuid.UUID(order_id)  # parsed, so the query below holds nothing but a UUID
-    join = "order_receipts r JOIN orders o ON o.id = r.order_id"
-    return int(psql("pg-primary", f"SELECT count(*) FROM {join} WHERE o.public_id = '{public_id}'"))  # noqa: S608
+    query = "SELECT count(*) FROM order_receipts r JOIN orders o ON o.id = r.order_id"
+    return int(psql("postgres-primary", f"{query} WHERE o.public_id = '{public_id}'"))
 
 
 def place_orders(stack, product, count):
@@ -277,7 +277,7 @@ def test_a_worker_killed_mid_task_completes_it_exactly_once(stack):
     _, product = new_product(stack)
     # EXCLUSIVE lets the order be placed and read, but not its receipt be written.
     lock = subprocess.Popen(
-        ["lxc", "exec", instance("pg-primary"), "--", "runuser", "-u", "postgres", "--",
+        ["lxc", "exec", instance("postgres-primary"), "--", "runuser", "-u", "postgres", "--",
          "psql", "-d", "flaskfleet", "-c",
          "BEGIN; LOCK TABLE order_receipts IN EXCLUSIVE MODE; SELECT pg_sleep(15); COMMIT;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -328,7 +328,7 @@ def test_redis_down_degrades_but_serves(stack):
 
 def test_replica_down_reads_fall_back_to_the_primary(stack):
     _, product = new_product(stack)
-    lxc("stop", instance("pg-replica"))
+    lxc("stop", instance("postgres-replica"))
     try:
         body = stack.wait_ready(expect="degraded")
         assert body["checks"]["replica"]["status"] == "down"
@@ -337,7 +337,7 @@ def test_replica_down_reads_fall_back_to_the_primary(stack):
         listing = requests.get(f"{stack.url}/api/v1/products?limit=3", timeout=15)
         assert listing.status_code == 200, listing.text
     finally:
-        lxc("start", instance("pg-replica"))
+        lxc("start", instance("postgres-replica"))
     stack.wait_ready()
 
 
@@ -354,15 +354,15 @@ def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
         assert response.status_code == 201, response.text
         acknowledged.append(response.json()["id"])
 
-    lxc("stop", instance("pg-primary"))
+    lxc("stop", instance("postgres-primary"))
     playbook("promote.yml")
 
     body = stack.wait_ready()
     assert body["checks"]["primary"]["status"] == "ok"
-    assert psql("pg-replica", "SELECT pg_is_in_recovery()") == "f"
+    assert psql("postgres-replica", "SELECT pg_is_in_recovery()") == "f"
     ids = ",".join(f"'{uuid.UUID(order_id)}'" for order_id in acknowledged)
     query = f"SELECT count(*) FROM orders WHERE public_id IN ({ids})"  # noqa: S608 - UUIDs
-    assert psql("pg-replica", query) == str(len(acknowledged))
+    assert psql("postgres-replica", query) == str(len(acknowledged))
     for order_id in acknowledged:
         response = session.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
         assert response.status_code == 200, response.text

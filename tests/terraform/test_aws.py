@@ -227,7 +227,7 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
-    # lb, 2 app, 2 worker, redis, queue, pg-primary, pg-replica.
+    # lb, 2 app, 2 worker, redis, queue, postgres-primary, postgres-replica.
     assert sum(len(r["Instances"]) for r in reservations) == 9
 
 
@@ -278,8 +278,8 @@ def test_inventory_has_every_group_with_addresses(stack, inventory_dir):
         "worker": [f"{stack['name']}-worker-1", f"{stack['name']}-worker-2"],
         "redis": [f"{stack['name']}-redis"],
         "queue": [f"{stack['name']}-queue"],
-        "postgres_primary": [f"{stack['name']}-pg-primary"],
-        "postgres_replica": [f"{stack['name']}-pg-replica"],
+        "postgres_primary": [f"{stack['name']}-postgres-primary"],
+        "postgres_replica": [f"{stack['name']}-postgres-replica"],
     }
     inventory_vars = inventory["all"]["vars"]
     # TLS at the edge: nginx gets the domain and the ACME contact from here.

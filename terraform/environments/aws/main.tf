@@ -127,10 +127,10 @@ module "worker" {
   tags                = local.tags
 }
 
-module "pg_primary" {
+module "postgres_primary" {
   source = "../../modules/aws-instances"
 
-  instances           = { "${var.name}-pg-primary" = local.private_subnet_ids[0] }
+  instances           = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.postgres
   security_group_ids  = [module.security.security_group_ids["postgres_primary"]]
@@ -141,10 +141,10 @@ module "pg_primary" {
 }
 
 # The replica sits in the second zone: losing a zone leaves one copy.
-module "pg_replica" {
+module "postgres_replica" {
   source = "../../modules/aws-instances"
 
-  instances           = { "${var.name}-pg-replica" = local.private_subnet_ids[1] }
+  instances           = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
   ami_id              = local.ami_id
   instance_type       = var.instance_types.postgres
   security_group_ids  = [module.security.security_group_ids["postgres_replica"]]
@@ -166,8 +166,8 @@ module "inventory" {
     redis            = [for host in module.redis.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
     queue            = [for host in module.queue.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
     worker           = [for host in module.worker.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    postgres_primary = [for host in module.pg_primary.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    postgres_replica = [for host in module.pg_replica.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
+    postgres_primary = [for host in module.postgres_primary.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
+    postgres_replica = [for host in module.postgres_replica.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
   }
 
   vars = {

@@ -1,6 +1,6 @@
 # The stack as LXD system containers on a bridge of its own. Addresses are
 # fixed per tier (static DHCP leases), so the inventory is stable across
-# restarts: lb .10, redis .20, queue .21, pg-primary .30, pg-replica .31,
+# restarts: lb .10, redis .20, queue .21, postgres-primary .30, postgres-replica .31,
 # app .101-.150, worker .151-.200 (each range holds its count's maximum, 50).
 locals {
   app_instances = {
@@ -89,10 +89,10 @@ module "worker" {
   admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
-module "pg_primary" {
+module "postgres_primary" {
   source = "../../modules/lxd-instances"
 
-  instances             = { "${var.name}-pg-primary" = cidrhost(var.network_cidr, 30) }
+  instances             = { "${var.name}-postgres-primary" = cidrhost(var.network_cidr, 30) }
   image                 = var.image
   network               = module.network.name
   nameserver            = module.network.gateway
@@ -100,10 +100,10 @@ module "pg_primary" {
   admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
 }
 
-module "pg_replica" {
+module "postgres_replica" {
   source = "../../modules/lxd-instances"
 
-  instances             = { "${var.name}-pg-replica" = cidrhost(var.network_cidr, 31) }
+  instances             = { "${var.name}-postgres-replica" = cidrhost(var.network_cidr, 31) }
   image                 = var.image
   network               = module.network.name
   nameserver            = module.network.gateway
@@ -124,8 +124,8 @@ module "inventory" {
       redis            = module.redis.hosts
       queue            = module.queue.hosts
       worker           = module.worker.hosts
-      postgres_primary = module.pg_primary.hosts
-      postgres_replica = module.pg_replica.hosts
+      postgres_primary = module.postgres_primary.hosts
+      postgres_replica = module.postgres_replica.hosts
       } : group => [
       for host in hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }
     ]
