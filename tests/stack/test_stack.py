@@ -104,16 +104,24 @@ def test_a_writer_sees_its_update_at_once_past_the_micro_cache(stack):
     assert requests.get(url, timeout=5).json()["name"] == "Renamed widget"
 
 
+def place_orders(stack, product, count):
+    session = stack.session("shop")
+    ids = []
+    for _ in range(count):
+        response = session.post(
+            f"{stack.url}/api/v1/orders",
+            json={"items": [{"product_id": product["id"], "quantity": 1}]},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
 def test_an_order_is_its_clients_alone(stack):
     _, product = new_product(stack)
-    placed = stack.session("shop").post(
-        f"{stack.url}/api/v1/orders",
-        json={"items": [{"product_id": product["id"], "quantity": 1}]},
-        headers={"Idempotency-Key": uuid.uuid4().hex},
-        timeout=10,
-    )
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
+    (order_id,) = place_orders(stack, product, 1)
     assert not str(order_id).isdigit(), f"order ids must not be guessable: {order_id}"
     url = f"{stack.url}/api/v1/orders/{order_id}"
     assert requests.get(url, timeout=10).status_code == 401
@@ -139,6 +147,45 @@ def test_operational_endpoints_and_headers_reach_the_admin_network_only(stack):
     for response in (health, requests.get(f"{stack.url}/api/v1/products", timeout=10)):
         assert not {"X-Served-By", "X-App-Version"} & set(response.headers), response.headers
     assert "X-Served-By" in requests.get(f"{stack.ops_url}/healthz", timeout=10).headers
+
+
+def test_every_connection_inside_the_stack_is_tls(stack):
+    """The app's PostgreSQL sessions and the replica's stream are encrypted; a plaintext client
+    is refused by PostgreSQL and by Redis (tried from an app node, with the app's own drivers)."""
+    sessions = psql(
+        "postgres-primary",
+        "SELECT s.ssl, count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+        " WHERE a.usename IN ('flaskfleet', 'flaskfleet_owner') GROUP BY s.ssl",
+    )
+    assert sessions.startswith("t|") and "f|" not in sessions, sessions
+    stream = psql(
+        "postgres-primary",
+        "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+    )
+    assert stream == "t", stream
+    hosts = inventory_hosts()
+    python = "/opt/flaskfleet/current/venv/bin/python"
+    plaintext_pg = (
+        "import psycopg2\n"
+        "try:\n"
+        f"    psycopg2.connect(host='{hosts[instance('postgres-primary')]['private_ip']}',"
+        " dbname='flaskfleet', user='flaskfleet', password='x', sslmode='disable')\n"
+        "except psycopg2.OperationalError as exc:\n"
+        "    print(exc)\n"
+    )
+    refused = lxc("exec", instance("app-1"), "--", python, "-c", plaintext_pg).stdout
+    assert "no pg_hba.conf entry" in refused and "no encryption" in refused, refused
+    plaintext_redis = (
+        "import redis\n"
+        f"client = redis.Redis(host='{hosts[instance('redis')]['private_ip']}', port=6379,"
+        " socket_timeout=3)\n"
+        "try:\n"
+        "    print(client.ping())\n"
+        "except redis.RedisError as exc:\n"
+        "    print('refused:', type(exc).__name__)\n"
+    )
+    answer = lxc("exec", instance("app-1"), "--", python, "-c", plaintext_redis).stdout
+    assert answer.startswith("refused:"), answer
 
 
 def test_no_secret_in_any_log_or_process_list(stack):
@@ -174,16 +221,9 @@ def test_no_secret_in_any_log_or_process_list(stack):
 
 def test_an_order_is_confirmed_by_the_worker_tier(stack):
     _, product = new_product(stack)
-    placed = stack.session("shop").post(
-        f"{stack.url}/api/v1/orders",
-        json={"items": [{"product_id": product["id"], "quantity": 1}]},
-        headers={"Idempotency-Key": uuid.uuid4().hex},
-        timeout=10,
-    )
-    assert placed.status_code == 201, placed.text
-    assert placed.json()["status"] == "reserved"
-    assert wait_until_confirmed(stack, "shop", [placed.json()["id"]], timeout=60) == []
-    assert receipts(placed.json()["id"]) == 1
+    (order_id,) = place_orders(stack, product, 1)
+    assert wait_until_confirmed(stack, "shop", [order_id], timeout=60) == []
+    assert receipts(order_id) == 1
 
 
 def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
@@ -225,21 +265,6 @@ def receipts(order_id: str) -> int:
     public_id = uuid.UUID(order_id)  # parsed, so the query below holds nothing but a UUID
     query = "SELECT count(*) FROM order_receipts r JOIN orders o ON o.id = r.order_id"
     return int(psql("postgres-primary", f"{query} WHERE o.public_id = '{public_id}'"))
-
-
-def place_orders(stack, product, count):
-    session = stack.session("shop")
-    ids = []
-    for _ in range(count):
-        response = session.post(
-            f"{stack.url}/api/v1/orders",
-            json={"items": [{"product_id": product["id"], "quantity": 1}]},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
-    return ids
 
 
 def on_workers(*command):

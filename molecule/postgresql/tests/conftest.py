@@ -1,15 +1,18 @@
 """Fixtures for the postgresql scenario: the primary and the replica as testinfra hosts."""
 
-import os
 import shlex
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
-import testinfra
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
+
+from testlib import eventually, host, run_playbook
+
+# The tests import eventually from here with the scenario's own helpers.
+__all__ = ["eventually"]
+
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 SERVICE = "postgresql@15-main"
 LOG = "/var/log/postgresql/postgresql-15-main.log"
@@ -22,18 +25,14 @@ KEY_FILE = "/etc/flaskfleet/tls/postgresql.key"
 VERIFY_FULL = f"sslmode=verify-full sslrootcert={CA_FILE}"
 
 
-def _host(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
-
-
 @pytest.fixture(scope="session")
 def primary():
-    return _host("postgresql-primary")
+    return host("postgresql-primary")
 
 
 @pytest.fixture(scope="session")
 def replica():
-    return _host("postgresql-replica")
+    return host("postgresql-replica")
 
 
 def diagnostics(host):
@@ -78,20 +77,6 @@ def postmaster_pid(host):
     return host.check_output("head -n 1 /var/lib/postgresql/15/main/postmaster.pid")
 
 
-def eventually(check, timeout=30.0, interval=1.0):
-    """Call check() until it returns something truthy or timeout seconds pass; return the last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def run_converge(*extra_vars):
     """Run the scenario's converge playbook with extra -e arguments; returns (exit code, output)."""
-    args = ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "converge.yml")]
-    for extra in extra_vars:
-        args += ["-e", extra]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    return result.returncode, result.stdout + result.stderr
+    return run_playbook(SCENARIO_DIR / "converge.yml", *extra_vars)
