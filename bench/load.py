@@ -4,6 +4,7 @@ subprocess timeout, and the scenarios they measure at a fixed concurrency and ov
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,17 +13,19 @@ from stacklib import Stack, StackError, log, run
 LUA = Path(__file__).resolve().parent / "wrk" / "bench.lua"
 
 
-def wrk(url: str, connections: int, seconds: int, *args: str) -> dict:
+def wrk(url: str, connections: int, seconds: int, *args: str, token: str = "") -> dict:
+    """A wrk run of bench.lua; an API client's token reaches the script in its environment
+    (FF_BENCH_TOKEN), never on wrk's command line."""
     threads = min(2, connections)
     result = run(
         "wrk",
         *("-t", threads, "-c", connections, "-d", f"{seconds}s", "--timeout", "5s"),
         *("-s", LUA, url, "--", *(args or ("get",))[:1], threads, *args[1:]),
+        env={**os.environ, "FF_BENCH_TOKEN": token},
         timeout=seconds + 60,
         check=False,
     )
     if result.returncode != 0:
-        # Not the command line: an order load's carries a client's token.
         raise StackError(
             f"wrk exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
@@ -45,8 +48,8 @@ def wrk(url: str, connections: int, seconds: int, *args: str) -> dict:
 
 
 class Scenario:
-    def __init__(self, key, title, url, args=(), before=None, kind="stack", sweep=None):
-        self.key, self.title, self.url, self.args = key, title, url, args
+    def __init__(self, key, title, url, args=(), before=None, kind="stack", sweep=None, token=""):
+        self.key, self.title, self.url, self.args, self.token = key, title, url, args, token
         self.before, self.kind = before, kind
         self.sweep = kind != "ceiling" if sweep is None else sweep
 
@@ -54,10 +57,10 @@ class Scenario:
         if self.before:
             self.before()
         if warmup:
-            wrk(self.url, connections, warmup, *self.args)
+            wrk(self.url, connections, warmup, *self.args, token=self.token)
             if self.before:
                 self.before()
-        return wrk(self.url, connections, seconds, *self.args)
+        return wrk(self.url, connections, seconds, *self.args, token=self.token)
 
 
 def cache_counts(stack: Stack) -> dict[str, float]:

@@ -37,7 +37,7 @@ def profile(stack: Stack, scenario: Scenario, connections: int, seconds: int = 1
         text=True,
     )
     time.sleep(1)
-    point = wrk(scenario.url, connections, seconds - 3, *scenario.args)
+    point = wrk(scenario.url, connections, seconds - 3, *scenario.args, token=scenario.token)
     _, err = recorder.communicate(timeout=seconds + 120)
     if recorder.returncode != 0:
         raise SystemExit(f"py-spy failed: {err[-2000:]}")

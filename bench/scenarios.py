@@ -164,7 +164,8 @@ def bench_scenarios(
             "order_post",
             "order POST (primary)",
             stack.url,
-            ("order", first, first + 999, tokens["shop"], nonce),
+            ("order", first, first + 999, nonce),
+            token=tokens["shop"],
         ),
         Scenario(
             "naive_get",

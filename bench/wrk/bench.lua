@@ -4,9 +4,11 @@
 --   walk FIRST LAST                   GET /api/v1/products/<id>, each request a
 --                                     different id in FIRST..LAST (cache misses
 --                                     while the walk does not wrap)
---   order FIRST LAST TOKEN NONCE      POST /api/v1/orders, one item of a product
+--   order FIRST LAST NONCE            POST /api/v1/orders, one item of a product
 --                                     in FIRST..LAST, a fresh Idempotency-Key
---                                     per request
+--                                     per request, as the API client whose token
+--                                     is in FF_BENCH_TOKEN (a secret stays off
+--                                     the command line)
 -- done() prints one line, "WRKJSON {...}", that bench/run.py reads.
 
 local threads = {}
@@ -25,8 +27,8 @@ function init(args)
   stride = tonumber(args[2] or "1")
   first = tonumber(args[3] or "0")
   span = tonumber(args[4] or "0") - first + 1
-  token = args[5]
-  nonce = args[6]
+  token = os.getenv("FF_BENCH_TOKEN")
+  nonce = args[5]
 end
 
 function request()
