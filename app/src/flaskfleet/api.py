@@ -218,19 +218,23 @@ def place_order() -> Response:
     return remember_write(response, lsn)
 
 
+def _owned(kind: str, fetch, public_id: uuid.UUID) -> Response:
+    """The requesting client's own `kind` by its public id; another client's is answered exactly
+    like one that does not exist."""
+    found, source = _services().db.read(
+        lambda conn: fetch(conn, public_id, g.client.name), client_write_lsn()
+    )
+    if found is None:
+        raise _not_found(kind, public_id)
+    response = json_response(found)
+    response.headers["X-Read-Source"] = source
+    return response
+
+
 @v1.get("/orders/<uuid:public_id>")
 @require_scope("orders:read")
 def get_order(public_id: uuid.UUID) -> Response:
-    services = _services()
-    order, source = services.db.read(
-        lambda conn: shop.get_order(conn, public_id, g.client.name), client_write_lsn()
-    )
-    # Another client's order is answered exactly like one that does not exist.
-    if order is None:
-        raise _not_found("order", public_id)
-    response = json_response(order)
-    response.headers["X-Read-Source"] = source
-    return response
+    return _owned("order", shop.get_order, public_id)
 
 
 @v1.post("/reports/sales")
@@ -263,14 +267,6 @@ def request_sales_report() -> Response:
 @v1.get("/jobs/<uuid:public_id>")
 @require_scope("reports:read")
 def get_job(public_id: uuid.UUID) -> Response:
-    services = _services()
-    job, source = services.db.read(
-        lambda conn: jobs.get_job(conn, public_id, g.client.name), client_write_lsn()
-    )
-    # Another client's job is answered exactly like one that does not exist.
-    if job is None:
-        raise _not_found("job", public_id)
-    response = json_response(job)
-    response.headers["X-Read-Source"] = source
+    response = _owned("job", jobs.get_job, public_id)
     response.headers["Cache-Control"] = "no-store"
     return response
