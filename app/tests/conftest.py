@@ -220,8 +220,10 @@ class RedisServer:
         self.app_user = next(iter(users))
         self.passwords = {name: secrets.token_hex(16) for name in users}
         self.admin_password = secrets.token_hex(16)
+        # As the redis role writes it: `default` off, yet allowed every command, which Redis
+        # 7.0 needs to replay transactions from the append-only file (see users.acl.j2).
         (directory / "users.acl").write_text(
-            "user default off\n"
+            "user default off ~* &* +@all\n"
             f"user admin on >{self.admin_password} ~* &* +@all\n"
             + "".join(
                 f"user {name} on >{self.passwords[name]} {rules}\n" for name, rules in users.items()

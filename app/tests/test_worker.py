@@ -356,3 +356,61 @@ def test_queue_users_are_least_privileged(queue_server, user, command):
     client = redis.Redis.from_url(queue_server.url_for(user))
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.execute_command(*command)
+
+
+def test_beat_schedules_again_after_the_queue_returns(
+    client, product, cluster, queue_server, start_worker, start_beat
+):
+    """The queue's Redis goes away while beat holds redbeat's lock: beat keeps running, and once
+    Redis is back (its append-only file kept the schedule) the relay confirms an order committed
+    during the outage, with no restart of beat."""
+    item = product(sku="BEAT-OUTAGE")
+    start_worker()
+    beat = start_beat()
+
+    def sends() -> int:
+        return sum(
+            line["message"].startswith("Scheduler: Sending due task") for line in beat.log_lines()
+        )
+
+    wait_for(lambda: sends() > 0, 30, "beat to schedule")
+    queue_server.stop()
+    try:
+        order = place(client, item["id"])
+        wait_for(
+            lambda: any(
+                line["message"] == "queue unreachable, the scheduler waits"
+                for line in beat.log_lines()
+            ),
+            30,
+            "beat to notice the outage",
+        )
+    finally:
+        queue_server.start()
+    wait_confirmed(cluster, order["id"], timeout=40)
+    assert beat.process.poll() is None
+    assert not any(
+        line["message"] == "the queue has lost the schedule, installing it again"
+        for line in beat.log_lines()
+    )
+
+
+def test_beat_installs_the_schedule_again_when_the_queue_lost_it(queue_server, start_beat):
+    beat = start_beat()
+
+    def messages() -> list[str]:
+        return [line["message"] for line in beat.log_lines()]
+
+    wait_for(lambda: any(m.startswith("Scheduler: Sending") for m in messages()), 30, "beat")
+    queue_server.admin().flushdb()
+    reinstalled = "the queue has lost the schedule, installing it again"
+    wait_for(lambda: reinstalled in messages(), 30, "beat to install the schedule again")
+    wait_for(
+        lambda: any(
+            message.startswith("Scheduler: Sending due task relay-outbox")
+            for message in messages()[messages().index(reinstalled) :]
+        ),
+        30,
+        "beat to send the relay after installing the schedule",
+    )
+    assert queue_server.admin().exists("ffq:redbeat::schedule")

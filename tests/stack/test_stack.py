@@ -272,6 +272,18 @@ def on_workers(*command):
         lxc("exec", worker, "--", *command)
 
 
+def test_orders_placed_while_the_queue_is_down_are_confirmed_after_it_returns(stack):
+    """Requests commit their orders and outbox rows while the queue is stopped; once it is back,
+    the relay (beat, which kept running) sends them and the workers confirm every one."""
+    _, product = new_product(stack)
+    lxc("exec", instance("queue"), "--", "systemctl", "stop", "redis-server")
+    try:
+        ids = place_orders(stack, product, 5)
+    finally:
+        lxc("exec", instance("queue"), "--", "systemctl", "start", "redis-server")
+    assert wait_until_confirmed(stack, "shop", ids, timeout=120) == []
+
+
 def test_a_queue_restart_loses_no_queued_task(stack):
     """Workers stopped, tasks wait in the queue's Redis; Redis restarts (its append-only file
     keeps them); the workers come back and confirm every order."""

@@ -179,7 +179,7 @@ def make_celery(settings: Settings, *, worker: bool) -> Celery:
         # Logging is flaskfleet's JSON (flaskfleet.worker), written to the real stderr: Celery
         # must not replace stdout and stderr with its logging proxies.
         worker_redirect_stdouts=False,
-        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_scheduler="flaskfleet.beat:Scheduler",
         # Short enough for the relay's schedule; the lock outlives five ticks.
         beat_max_loop_interval=5,
         redbeat_redis_url=broker_url,

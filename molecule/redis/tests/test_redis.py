@@ -175,7 +175,7 @@ def test_users_file_holds_hashes_only():
     assert (acl.user, acl.group, acl.mode) == ("root", "redis", 0o640)
     content = acl.content_string
     assert APP_PASSWORD not in content and ADMIN_PASSWORD not in content
-    assert "user default reset" in content.splitlines()
+    assert "user default reset ~* &* +@all" in content.splitlines()
 
 
 @pytest.mark.parametrize("command", [["CONFIG", "REWRITE"], ["ACL", "SAVE"]], ids=" ".join)

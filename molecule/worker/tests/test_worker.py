@@ -139,6 +139,23 @@ def test_the_producer_cannot_take_tasks_off_the_queue(queue):
     assert "NOPERM" in result.stdout, result.stdout
 
 
+def test_transactions_in_the_append_only_file_survive_a_restart(worker, queue):
+    """redbeat's schedule and kombu's unacknowledged tasks are written in MULTI/EXEC; Redis 7.0
+    replays those as the `default` user, which the ACL must allow (users.acl.j2)."""
+    key = "ffq:molecule-transaction"
+    assert redis_admin(queue, "MULTI", f"SET {key} kept", "EXEC") == ["OK", "QUEUED", "OK"]
+    queue.check_output("systemctl restart redis-server")
+    assert eventually(lambda: redis_admin(queue, f"GET {key}") == ["kept"], timeout=30), (
+        queue.run("journalctl -u redis-server -o cat --no-pager -n 20").stdout
+    )
+    redis_admin(queue, f"DEL {key}")
+    # The scheduler kept running through the restart and still holds the lock.
+    assert worker.service("flaskfleet-beat").is_running
+    assert eventually(
+        lambda: [k for k in redis_admin(queue, "KEYS ffq:redbeat::lock") if k], timeout=30
+    )
+
+
 def test_one_scheduler_holds_the_redbeat_lock(worker, queue):
     """A second scheduler starts, waits for the redbeat lock, sends nothing while the unit holds it;
     when the unit stops (releasing the lock) the second takes over."""
