@@ -78,11 +78,32 @@ def markdown(report: dict) -> str:
             f"{f['ratio_to_hello']:.0%} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
             f"{f['errors']} | {hits} |"
         )
+    results = report["results"]
+    for plain, tls in (("cached_get", "cached_get_https"), ("order_post", "order_post_https")):
+        if plain in results and tls in results:
+            a, b = results[plain]["fixed"], results[tls]["fixed"]
+            lines.append(
+                f"\nEdge TLS, {results[plain]['title']}: {b['rps'] / a['rps']:.0%} of the HTTP "
+                f"req/s over HTTPS, p99 {a['p99_ms']:.1f} -> {b['p99_ms']:.1f} ms."
+            )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for verdict in report["targets"]:
         lines.append(
             f"| {verdict['target']} | {verdict['measured']} | {'yes' if verdict['met'] else 'NO'} |"
         )
+    worker = report.get("worker")
+    if worker:
+        lines += [
+            "",
+            f"Worker tier: {worker['offered_rate']:g} orders/s for {worker['seconds']} s "
+            f"({worker['confirmed']} of {worker['orders']} orders confirmed).",
+            "",
+            "| confirmations/s | queue lag p50 ms | p99 ms | max ms | backlog drained at /s |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {worker['confirmations_per_s']:.1f} | {worker['lag_p50_ms']:.0f} | "
+            f"{worker['lag_p99_ms']:.0f} | {worker['lag_max_ms']:.0f} | "
+            f"{worker['backlog_drain_per_s']:.0f} ({worker['backlog_orders']} orders) |",
+        ]
     deploy = report.get("deploy") or {}
     if deploy:
         lines += ["", "| deploy | wall time s | vs cold make up |", "|---|---:|---:|"]

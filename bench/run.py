@@ -7,8 +7,13 @@ One run, on one machine, measures
   - through the stack: a cached product GET, an uncached product GET (the
     replica, each request a product no one read since Redis was flushed) and
     an order POST (the primary), at a fixed concurrency and over a sweep;
+  - what TLS at the edge costs: the cached GET and the order POST again over
+    HTTPS to the same load balancer (keepalive, as wrk keeps its connections);
   - the naive baseline: the Flask development server, no cache, no pool, one
     connection per request to the primary, same rows;
+  - the worker tier: confirmations per second and the queue lag (order committed to
+    order confirmed, p50/p99) at a steady order rate, and the rate at which the workers
+    drained the order scenario's backlog;
   - deploy figures: a cold `make up`, a no-change `make up`, one deploy.yml;
 and writes bench/results/<date>[-label].json, .md and .png. Every figure also
 appears as a ratio to its ceiling, so runs on different machines compare.
@@ -21,7 +26,7 @@ duration (-d) and a subprocess timeout.
 The parts: the stack is driven by scripts/stacklib.py (shared with the stack
 tests), what the loads need on it and the scenarios are in scenarios.py, the
 wrk loads in load.py, py-spy profiling in pyspy.py, the results files in
-report.py; this file runs them in order.
+report.py, the worker tier's figure in worker.py; this file runs them in order.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import report
 from load import run_scenarios
 from pyspy import profile
-from scenarios import AuxServers, answers_200, bench_scenarios, first_app, seed
+from scenarios import AuxServers, EdgeTLS, answers_200, bench_scenarios, first_app, seed
 from stacklib import ROOT, STACK_SH, Stack, StackError, log, recap_changed
+from worker import worker_figure
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -54,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--sweep", default="1,8,32,64,128")
     parser.add_argument("--sweep-seconds", type=int, default=5)
+    parser.add_argument("--order-rate", type=float, default=20, help="orders/s, worker figure")
+    parser.add_argument("--order-seconds", type=int, default=30, help="its duration")
     parser.add_argument("--label", default="", help="suffix of the result files, e.g. before")
     parser.add_argument(
         "--reuse", action="store_true", help="use the running bench stack; skip the deploy figures"
@@ -77,9 +85,14 @@ def parse_args() -> argparse.Namespace:
         return args
     args.sweep = [int(c) for c in args.sweep.split(",")]
     if not (
-        1 <= args.seconds <= 120 and all(1 <= c <= 1024 for c in [args.connections, *args.sweep])
+        1 <= args.seconds <= 120
+        and all(1 <= c <= 1024 for c in [args.connections, *args.sweep])
+        and 0 < args.order_rate <= 200
+        and 1 <= args.order_seconds <= 300
     ):
-        parser.error("seconds must be 1-120 and connections 1-1024")
+        parser.error(
+            "seconds must be 1-120, connections 1-1024, order-rate 0-200 and order-seconds 1-300"
+        )
     return args
 
 
@@ -156,10 +169,10 @@ def main() -> None:
         secrets, tokens = stack.vault_view(), stack.tokens
         first, last = seed(stack)
         nonce = f"bench{int(time.time())}"
-        with AuxServers(stack) as aux:
+        with AuxServers(stack) as aux, EdgeTLS(stack) as edge:
             answers_200(aux.url("bench-gunicorn") + "/", 60)
             answers_200(f"{aux.url('bench-naive')}/api/v1/products/{first}", 60)
-            chosen = bench_scenarios(stack, aux, (first, last), secrets, tokens, nonce)
+            chosen = bench_scenarios(stack, aux, edge, (first, last), secrets, tokens, nonce)
             if args.only:
                 wanted = set(args.only.split(","))
                 chosen = [scenario for scenario in chosen if scenario.key in wanted]
@@ -174,8 +187,10 @@ def main() -> None:
                 for scenario in chosen
                 if scenario.key in profiled
             }
+        workers = worker_figure(stack, first, args.order_rate, args.order_seconds)
         report.ratios(results)
         described = describe(args, stack, deploy, results)
+        described["worker"] = workers
     finally:
         if not args.keep:
             log(f"removing stack {stack.name}")

@@ -1,6 +1,7 @@
 """What the loads need on the stack, and the scenarios that use it: seeded products, the bare
 Gunicorn and the naive Flask server on the first app instance (each published on 127.0.0.1 by
-an LXD proxy device, removed afterwards), and Redis flushed before an uncached load."""
+an LXD proxy device, removed afterwards), HTTPS at the load balancer beside its plain HTTP,
+and Redis flushed before an uncached load."""
 
 from __future__ import annotations
 
@@ -117,6 +118,39 @@ class AuxServers:
             self.stack.lxc_exec(self.instance, "systemctl", "reset-failed", unit, check=False)
 
 
+class EdgeTLS:
+    """HTTPS on the load balancer beside its plain HTTP, so that the same run measures what TLS
+    at the edge costs: the nginx role with nginx_tls_enabled (a self-signed certificate, as a
+    local stack that opts in gets; no redirect, so the other scenarios stay on HTTP), its port
+    443 published on 127.0.0.1 by an LXD proxy device, removed on exit. The bench stack keeps
+    the HTTPS listener until it is removed."""
+
+    DEVICE = "bench-https"
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.instance = stack.instance("lb")
+        self.url = f"https://127.0.0.1:{stack.port + 3}"
+
+    def __enter__(self) -> EdgeTLS:
+        log("HTTPS on the load balancer (nginx role, self-signed) beside plain HTTP")
+        self.stack.playbook(
+            "site.yml", "--limit", "lb",
+            "-e", "nginx_tls_enabled=true", "-e", "nginx_tls_redirect_http=false",
+        )  # fmt: skip
+        self.__exit__()
+        self.stack.lxc(
+            *("config", "device", "add", self.instance, self.DEVICE, "proxy"),
+            f"listen=tcp:127.0.0.1:{self.stack.port + 3}",
+            "connect=tcp:127.0.0.1:443",
+            "bind=host",
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.lxc("config", "device", "remove", self.instance, self.DEVICE, check=False)
+
+
 def flush_cache(stack: Stack, password: str) -> None:
     """FLUSHDB as Redis' admin user (the app's user may not)."""
     redis = next(iter(stack.groups()["redis"].items()))
@@ -130,11 +164,17 @@ def flush_cache(stack: Stack, password: str) -> None:
 
 
 def bench_scenarios(
-    stack: Stack, aux: AuxServers, seeded: tuple[int, int], secrets: dict, tokens: dict, nonce: str
+    stack: Stack,
+    aux: AuxServers,
+    edge: EdgeTLS,
+    seeded: tuple[int, int],
+    secrets: dict,
+    tokens: dict,
+    nonce: str,
 ) -> list[Scenario]:
     """The ceilings, the stack's scenarios and the naive baseline, in the report's order."""
     first, last = seeded
-    product = f"{stack.url}/api/v1/products/{first}"
+    product = f"/api/v1/products/{first}"
     return [
         Scenario(
             "nginx_ceiling", "nginx fixed 200 (LB)", f"{stack.url}/nginx-health", kind="ceiling"
@@ -152,7 +192,13 @@ def bench_scenarios(
             kind="ceiling",
             sweep=True,
         ),
-        Scenario("cached_get", "cached product GET", product),
+        Scenario("cached_get", "cached product GET", stack.url + product),
+        Scenario(
+            "cached_get_https",
+            "cached product GET over HTTPS (edge TLS)",
+            edge.url + product,
+            sweep=False,
+        ),
         Scenario(
             "uncached_get",
             "uncached product GET (replica)",
@@ -166,6 +212,14 @@ def bench_scenarios(
             stack.url,
             ("order", first, first + 999, nonce),
             token=tokens["shop"],
+        ),
+        Scenario(
+            "order_post_https",
+            "order POST over HTTPS (edge TLS)",
+            edge.url,
+            ("order", first, first + 999, nonce + "s"),
+            token=tokens["shop"],
+            sweep=False,
         ),
         Scenario(
             "naive_get",
