@@ -94,7 +94,7 @@ def test_firewall_drops_ssh_from_outside_admin_cidrs():
         ({"common_firewall_extra_flows": [{"name": "x", "to": "app"}]}, "port"),
         (
             {"common_firewall_extra_flows": [{"name": "big", "to": "app", "port": 99999}]},
-            "firewall flow 'big' needs a port in 1..65535",
+            "firewall flow 'big' of common needs a port in 1..65535",
         ),
     ],
 )
