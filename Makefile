@@ -13,7 +13,7 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 TEST_SUITES := lint foundation terraform app rules $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
 .PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-roles test-stack \
-	up down release deploy promote bench \
+	up down release deploy promote bench loadtest \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
@@ -67,6 +67,16 @@ down: ## Remove everything make up made
 BENCH_ARGS ?=
 bench: setup ## Benchmarks on a stack of their own (ffb, 127.0.0.1:8093): bench/results/<date>.{json,md,png}
 	@bash scripts/bench.sh $(BENCH_ARGS)
+
+# Locust against a running stack (make up's; FF_STACK, FF_HTTP_PORT for another), bounded:
+# peak users (1-500), users started a second (at most 50), run time (at most 10m).
+LOADTEST_USERS ?= 40
+LOADTEST_SPAWN_RATE ?= 5
+LOADTEST_TIME ?= 2m
+LOADTEST_LABEL ?=
+loadtest: ## Locust's browsers, buyers and admin against a running stack: loadtest/results/<date>[-label]/
+	@bash scripts/loadtest.sh --users '$(LOADTEST_USERS)' --spawn-rate '$(LOADTEST_SPAWN_RATE)' \
+	  --time '$(LOADTEST_TIME)' --label '$(LOADTEST_LABEL)'
 
 release: setup ## Build the app's release archive: make release [RELEASE=<name>] -> dist/flaskfleet-<name>.tar
 	@bash scripts/release.sh '$(RELEASE)'
