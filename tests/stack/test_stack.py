@@ -369,17 +369,8 @@ def test_replica_down_reads_fall_back_to_the_primary(stack):
 
 
 def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
-    session, product = new_product(stack, stock=1000)
-    acknowledged = []
-    for _ in range(20):
-        response = session.post(
-            f"{stack.url}/api/v1/orders",
-            json={"items": [{"product_id": product["id"], "quantity": 1}]},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        acknowledged.append(response.json()["id"])
+    _, product = new_product(stack, stock=1000)
+    acknowledged = place_orders(stack, product, 20)
 
     lxc("stop", instance("postgres-primary"))
     playbook("promote.yml")
@@ -390,8 +381,9 @@ def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
     ids = ",".join(f"'{uuid.UUID(order_id)}'" for order_id in acknowledged)
     query = f"SELECT count(*) FROM orders WHERE public_id IN ({ids})"  # noqa: S608 - UUIDs
     assert psql("postgres-replica", query) == str(len(acknowledged))
+    shop = stack.session("shop")
     for order_id in acknowledged:
-        response = session.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
+        response = shop.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
         assert response.status_code == 200, response.text
     _, after = new_product(stack)
     assert requests.get(f"{stack.url}/api/v1/products/{after['id']}", timeout=10).ok
