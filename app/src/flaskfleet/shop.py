@@ -79,6 +79,11 @@ def _sku_taken(sku: str) -> APIError:
     )
 
 
+def _columns(product: ProductIn) -> tuple:
+    """The values of a product's writable columns, in the order the statements name them."""
+    return (product.sku, product.name, product.description, product.price_cents, product.stock)
+
+
 def create_product(conn, product: ProductIn) -> dict[str, Any]:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         try:
@@ -87,13 +92,7 @@ def create_product(conn, product: ProductIn) -> dict[str, Any]:
                     "INSERT INTO products (sku, name, description, price_cents, stock)"
                     " VALUES (%s, %s, %s, %s, %s) RETURNING {}"
                 ).format(PRODUCT_COLUMNS),
-                (
-                    product.sku,
-                    product.name,
-                    product.description,
-                    product.price_cents,
-                    product.stock,
-                ),
+                _columns(product),
             )
         except psycopg2.errors.UniqueViolation:
             raise _sku_taken(product.sku) from None
@@ -109,14 +108,7 @@ def replace_product(conn, product_id: int, product: ProductIn) -> dict[str, Any]
                     " price_cents = %s, stock = %s, updated_at = now()"
                     " WHERE id = %s RETURNING {}"
                 ).format(PRODUCT_COLUMNS),
-                (
-                    product.sku,
-                    product.name,
-                    product.description,
-                    product.price_cents,
-                    product.stock,
-                    product_id,
-                ),
+                (*_columns(product), product_id),
             )
         except psycopg2.errors.UniqueViolation:
             raise _sku_taken(product.sku) from None
