@@ -119,7 +119,7 @@ def results_dir(run_label: str) -> Path:
     directory = RESULTS / name
     if directory.exists():
         raise UsageError(
-            f"{directory.relative_to(ROOT)} exists already: give this run a LOADTEST_LABEL"
+            f"{os.path.relpath(directory, ROOT)} exists already: give this run a LOADTEST_LABEL"
             " (e.g. LOADTEST_LABEL=second) or move the earlier results away"
         )
     return directory
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> int:
     command = locust_command(stack.url, args.users, args.spawn_rate, args.seconds, out)
     log(
         f"locust: {args.users} users at {args.spawn_rate:g}/s for {args.seconds} s against"
-        f" {stack.name} ({stack.url}) -> {out.relative_to(ROOT)}/"
+        f" {stack.name} ({stack.url}) -> {os.path.relpath(out, ROOT)}/"
     )
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
@@ -291,7 +291,7 @@ def main(argv: list[str]) -> int:
     requests_made, failed = failures_summary(out)
     log(
         f"{requests_made} requests, {failed} failed; no token in the results;"
-        f" report: {(out / 'report.html').relative_to(ROOT)}"
+        f" report: {os.path.relpath(out / 'report.html', ROOT)}"
     )
     return status
 
