@@ -4,8 +4,10 @@ validated with errors that name the field, and visible to the client that asked 
 import datetime
 import uuid
 
+import psycopg2
 import pytest
 from conftest import AUTH, bearer, wait_for
+from flaskfleet import shop
 
 TODAY = datetime.datetime.now(datetime.UTC).date()
 
@@ -108,3 +110,25 @@ def test_reports_need_their_scope(client):
     for name in ("shop", "catalog"):
         assert report(client, "2026-01-01", "2026-01-02", bearer(name)).status_code == 403
         assert client.get(queued.headers["Location"], headers=bearer(name)).status_code == 403
+
+
+def test_a_report_query_past_its_timeout_is_cancelled_and_the_session_reset(cluster):
+    """The worker's report query carries a statement timeout below the task's soft time limit:
+    a query blocked on a lock is cancelled by PostgreSQL (an error the task retries and then
+    dead-letters) rather than left for the hard time limit to kill."""
+    blocker = cluster.primary.connect()
+    blocker.autocommit = False
+    reader = cluster.primary.connect()
+    reader.autocommit = True
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            shop.sales_report(reader, TODAY, TODAY, timeout_ms=300)
+        with reader.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == "0"
+    finally:
+        blocker.rollback()
+        blocker.close()
+        reader.close()

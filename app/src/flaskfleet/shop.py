@@ -319,29 +319,36 @@ def release_expired_orders(conn, older_than_seconds: int, limit: int) -> list[in
     return [product_id for product_id, _ in released]
 
 
-def sales_report(conn, first_day: datetime.date, last_day: datetime.date) -> dict[str, Any]:
+def sales_report(
+    conn, first_day: datetime.date, last_day: datetime.date, timeout_ms: int
+) -> dict[str, Any]:
     """Confirmed sales per product for orders placed from first_day to last_day (UTC days,
-    both included)."""
+    both included). PostgreSQL cancels a statement that runs longer than timeout_ms."""
     start = datetime.datetime.combine(first_day, datetime.time(), datetime.UTC)
     end = start + datetime.timedelta(days=(last_day - first_day).days + 1)
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
-        cur.execute(
-            "SELECT p.id AS product_id, p.sku, p.name, count(DISTINCT o.id) AS orders,"
-            " sum(i.quantity)::bigint AS quantity,"
-            " sum(i.quantity::bigint * i.unit_price_cents)::bigint AS revenue_cents"
-            " FROM orders o JOIN order_items i ON i.order_id = o.id"
-            " JOIN products p ON p.id = i.product_id"
-            " WHERE o.status = 'confirmed' AND o.created_at >= %s AND o.created_at < %s"
-            " GROUP BY p.id ORDER BY p.id",
-            (start, end),
-        )
-        products = cur.fetchall()
-        cur.execute(
-            "SELECT count(*) AS orders, coalesce(sum(total_cents), 0)::bigint AS revenue_cents"
-            " FROM orders WHERE status = 'confirmed' AND created_at >= %s AND created_at < %s",
-            (start, end),
-        )
-        totals = cur.fetchone()
+        # For the session (reads run in autocommit), reset before it returns to the pool.
+        cur.execute("SET statement_timeout = %s", (timeout_ms,))
+        try:
+            cur.execute(
+                "SELECT p.id AS product_id, p.sku, p.name, count(DISTINCT o.id) AS orders,"
+                " sum(i.quantity)::bigint AS quantity,"
+                " sum(i.quantity::bigint * i.unit_price_cents)::bigint AS revenue_cents"
+                " FROM orders o JOIN order_items i ON i.order_id = o.id"
+                " JOIN products p ON p.id = i.product_id"
+                " WHERE o.status = 'confirmed' AND o.created_at >= %s AND o.created_at < %s"
+                " GROUP BY p.id ORDER BY p.id",
+                (start, end),
+            )
+            products = cur.fetchall()
+            cur.execute(
+                "SELECT count(*) AS orders, coalesce(sum(total_cents), 0)::bigint AS revenue_cents"
+                " FROM orders WHERE status = 'confirmed' AND created_at >= %s AND created_at < %s",
+                (start, end),
+            )
+            totals = cur.fetchone()
+        finally:
+            cur.execute("RESET statement_timeout")
     return {
         "from": first_day.isoformat(),
         "to": last_day.isoformat(),

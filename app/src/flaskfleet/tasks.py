@@ -222,12 +222,13 @@ def _register_tasks(celery: Celery, settings: Settings) -> None:
     def fail_report(job_id: str) -> None:
         celery.services.db.write(lambda conn: jobs.finish_job(conn, job_id, "failed"))
 
-    @celery.task(
-        name=SALES_REPORT,
-        on_dead_letter=fail_report,
-        **common,
-        **_limits(settings.task_time_limit),
-    )
+    report_limits = _limits(settings.task_time_limit)
+    # PostgreSQL cancels the report's query before the soft time limit: a query blocked in
+    # libpq would not see the soft limit's signal until it returned, and the hard limit kills
+    # the process, whose task Celery then acknowledges as failed (no retry, no dead letter).
+    report_statement_ms = int(report_limits["soft_time_limit"] * 900)
+
+    @celery.task(name=SALES_REPORT, on_dead_letter=fail_report, **common, **report_limits)
     def sales_report(self: FlaskfleetTask, job_id: str) -> None:
         services = self.app.services
         params, _ = services.db.write(lambda conn: jobs.start_job(conn, job_id))
@@ -236,7 +237,9 @@ def _register_tasks(celery: Celery, settings: Settings) -> None:
             return
         first_day = datetime.date.fromisoformat(params["from"])
         last_day = datetime.date.fromisoformat(params["to"])
-        result, source = services.db.read(lambda conn: shop.sales_report(conn, first_day, last_day))
+        result, source = services.db.read(
+            lambda conn: shop.sales_report(conn, first_day, last_day, report_statement_ms)
+        )
         services.db.write(lambda conn: jobs.finish_job(conn, job_id, "done", result))
         log.info("report done", extra={"job_id": job_id, "read_from": source})
 
