@@ -231,6 +231,56 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
     assert sum(len(r["Instances"]) for r in reservations) == 9
 
 
+def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
+    """What differs per tier: the instance type (instance_types, postgres for
+    both database tiers), a 20 GiB root volume for the databases (10 else), the
+    subnet (the lb public; queue and replica in the second zone, app and worker
+    nodes alternating) and an Elastic IP for the lb alone."""
+    name = stack["name"]
+    ours = {"Name": "tag:Environment", "Values": [name]}
+    subnets = {
+        subnet["SubnetId"]: (
+            {tag["Key"]: tag["Value"] for tag in subnet.get("Tags", [])}.get("Tier"),
+            subnet["AvailabilityZone"],
+        )
+        for subnet in ec2.describe_subnets()["Subnets"]
+    }
+    instances = {
+        tags["Name"].removeprefix(f"{name}-"): instance
+        for reservation in ec2.describe_instances(
+            Filters=[ours, {"Name": "instance-state-name", "Values": ["running"]}]
+        )["Reservations"]
+        for instance in reservation["Instances"]
+        for tags in [{tag["Key"]: tag["Value"] for tag in instance["Tags"]}]
+    }
+    volumes = {
+        volume["VolumeId"]: volume["Size"]
+        for volume in ec2.describe_volumes(Filters=[ours])["Volumes"]
+    }
+    addresses = {address.get("InstanceId") for address in ec2.describe_addresses()["Addresses"]}
+    placed = {
+        host: (
+            instance["InstanceType"],
+            volumes[instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]],
+            *subnets[instance["SubnetId"]],
+            instance["InstanceId"] in addresses,
+        )
+        for host, instance in instances.items()
+    }
+    a, b = f"{REGION}a", f"{REGION}b"
+    assert placed == {
+        "lb": ("t3.micro", 10, "public", a, True),
+        "app-1": ("t3.small", 10, "private", a, False),
+        "app-2": ("t3.small", 10, "private", b, False),
+        "worker-1": ("t3.small", 10, "private", a, False),
+        "worker-2": ("t3.small", 10, "private", b, False),
+        "redis": ("t3.small", 10, "private", a, False),
+        "queue": ("t3.small", 10, "private", b, False),
+        "postgres-primary": ("t3.medium", 20, "private", a, False),
+        "postgres-replica": ("t3.medium", 20, "private", b, False),
+    }
+
+
 def test_security_groups_allow_only_the_designed_flows(stack, ec2):
     groups = ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [f"{stack['name']}-*"]}]
