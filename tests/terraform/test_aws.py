@@ -465,7 +465,7 @@ def test_removing_an_app_node_touches_no_other(stack):
     unchanged = planned_changes(tofu, *stack["vars"])
     assert all(actions == ["update"] for actions in unchanged.values()), unchanged
     shrunk = planned_changes(tofu, *stack["vars"], "-var", "app_count=1")
-    app_2 = f'module.app.aws_instance.this["{stack["name"]}-app-2"]'
+    app_2 = f'module.tier["app"].aws_instance.this["{stack["name"]}-app-2"]'
     assert shrunk == {**unchanged, app_2: ["delete"]}
 
 
@@ -474,7 +474,7 @@ def test_removing_a_worker_touches_no_other_and_zero_workers_is_a_valid_stack(st
     worker group (the inventory allows it) and deletes both workers, nothing else."""
     tofu = stack["tofu"]
     unchanged = planned_changes(tofu, *stack["vars"])
-    worker = 'module.worker.aws_instance.this["{}-worker-{}"]'
+    worker = 'module.tier["worker"].aws_instance.this["{}-worker-{}"]'
     shrunk = planned_changes(tofu, *stack["vars"], "-var", "worker_count=1")
     assert shrunk == {**unchanged, worker.format(stack["name"], 2): ["delete"]}
     none = planned_changes(tofu, *stack["vars"], "-var", "worker_count=0")

@@ -26,15 +26,36 @@ locals {
   ami_id             = var.ami_id != null ? var.ami_id : data.aws_ami.debian[0].id
   tags               = { Project = "flaskfleet", Environment = var.name }
   lb_url             = "https://${var.public_domain}"
-
-  # Instances are keyed by name: app-N keeps its name and subnet (spread over
-  # the private subnets by its number) whatever happens to the others.
   private_subnet_ids = module.network.private_subnet_ids
-  app_instances = {
-    for index in range(var.app_count) : "${var.name}-app-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)]
-  }
-  worker_instances = {
-    for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)]
+
+  # Tier (its inventory group and security group) => its instances, keyed by
+  # name (name => subnet), and what differs from the defaults: the
+  # instance_types key (the tier's name), an Elastic IP (public), the root
+  # volume's size. One module instance per entry: adding a tier is one entry
+  # here. app-N and worker-N keep their name and subnet (spread over the
+  # private subnets by their number) whatever happens to the others.
+  tiers = {
+    lb = { instances = { "${var.name}-lb" = module.network.public_subnet_ids[0] }, public = true }
+    app = {
+      instances = { for index in range(var.app_count) : "${var.name}-app-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)] }
+    }
+    redis = { instances = { "${var.name}-redis" = local.private_subnet_ids[0] } }
+    # The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
+    # compete with the cache for memory or fall to its LRU eviction. In the second
+    # zone: losing one zone takes the cache or the queue, not both.
+    queue = { instances = { "${var.name}-queue" = local.private_subnet_ids[1] } }
+    worker = {
+      instances = { for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)] }
+    }
+    postgres_primary = {
+      instances     = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
+      instance_type = "postgres", root_volume_size = 20
+    }
+    # The replica sits in the second zone: losing a zone leaves one copy.
+    postgres_replica = {
+      instances     = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
+      instance_type = "postgres", root_volume_size = 20
+    }
   }
 }
 
@@ -63,95 +84,19 @@ resource "aws_key_pair" "admin" {
   tags       = local.tags
 }
 
-module "lb" {
-  source = "../../modules/aws-instances"
+module "tier" {
+  source   = "../../modules/aws-instances"
+  for_each = local.tiers
 
-  instances           = { "${var.name}-lb" = module.network.public_subnet_ids[0] }
+  instances           = each.value.instances
   ami_id              = local.ami_id
-  instance_type       = var.instance_types.lb
-  security_group_ids  = [module.security.security_group_ids["lb"]]
+  instance_type       = var.instance_types[try(each.value.instance_type, each.key)]
+  security_group_ids  = [module.security.security_group_ids[each.key]]
   key_name            = aws_key_pair.admin.key_name
   detailed_monitoring = var.detailed_monitoring
   tags                = local.tags
-  public              = true
-}
-
-module "app" {
-  source = "../../modules/aws-instances"
-
-  instances           = local.app_instances
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.app
-  security_group_ids  = [module.security.security_group_ids["app"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-}
-
-module "redis" {
-  source = "../../modules/aws-instances"
-
-  instances           = { "${var.name}-redis" = local.private_subnet_ids[0] }
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.redis
-  security_group_ids  = [module.security.security_group_ids["redis"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-}
-
-# The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
-# compete with the cache for memory or fall to its LRU eviction. In the second
-# zone: losing one zone takes the cache or the queue, not both.
-module "queue" {
-  source = "../../modules/aws-instances"
-
-  instances           = { "${var.name}-queue" = local.private_subnet_ids[1] }
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.queue
-  security_group_ids  = [module.security.security_group_ids["queue"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-}
-
-module "worker" {
-  source = "../../modules/aws-instances"
-
-  instances           = local.worker_instances
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.worker
-  security_group_ids  = [module.security.security_group_ids["worker"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-}
-
-module "postgres_primary" {
-  source = "../../modules/aws-instances"
-
-  instances           = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.postgres
-  security_group_ids  = [module.security.security_group_ids["postgres_primary"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-  root_volume_size    = 20
-}
-
-# The replica sits in the second zone: losing a zone leaves one copy.
-module "postgres_replica" {
-  source = "../../modules/aws-instances"
-
-  instances           = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types.postgres
-  security_group_ids  = [module.security.security_group_ids["postgres_replica"]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-  root_volume_size    = 20
+  public              = try(each.value.public, false)
+  root_volume_size    = try(each.value.root_volume_size, 10)
 }
 
 # Ansible connects over SSH as Debian's cloud user `admin`: straight to the
@@ -160,19 +105,16 @@ module "postgres_replica" {
 module "inventory" {
   source = "../../modules/inventory"
 
+  # A public tier's hosts at their Elastic IP, every other at its private address.
   groups = {
-    lb               = [for host in module.lb.hosts : { name = host.name, ansible_host = host.public_ip, private_ip = host.private_ip }]
-    app              = [for host in module.app.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    redis            = [for host in module.redis.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    queue            = [for host in module.queue.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    worker           = [for host in module.worker.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    postgres_primary = [for host in module.postgres_primary.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
-    postgres_replica = [for host in module.postgres_replica.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }]
+    for tier, instances in module.tier : tier => [
+      for host in instances.hosts : { name = host.name, ansible_host = coalesce(host.public_ip, host.private_ip), private_ip = host.private_ip }
+    ]
   }
 
   vars = {
     flaskfleet_environment = var.name
-    flaskfleet_bastion     = module.lb.hosts[0].public_ip
+    flaskfleet_bastion     = module.tier["lb"].hosts[0].public_ip
     flaskfleet_lb_url      = local.lb_url
     # The nginx role serves TLS for this name with a certificate from ACME
     # (HTTP-01 on port 80), registered with this address.

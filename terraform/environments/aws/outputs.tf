@@ -10,5 +10,5 @@ output "lb_url" {
 
 output "lb_public_ip" {
   description = "The load balancer's Elastic IP: the address public_domain's DNS A record must name (ACME HTTP-01 reaches it there), and the SSH bastion."
-  value       = module.lb.hosts[0].public_ip
+  value       = module.tier["lb"].hosts[0].public_ip
 }

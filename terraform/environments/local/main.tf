@@ -1,13 +1,37 @@
-# The stack as LXD system containers on a bridge of its own. Addresses are
-# fixed per tier (static DHCP leases), so the inventory is stable across
-# restarts: lb .10, redis .20, queue .21, postgres-primary .30, postgres-replica .31,
-# app .101-.150, worker .151-.200 (each range holds its count's maximum, 50).
+# The stack as LXD system containers on a bridge of its own: one module
+# instance per tier of local.tiers, so adding a tier is one entry there (its
+# containers and its inventory group follow).
 locals {
-  app_instances = {
-    for index in range(var.app_count) : "${var.name}-app-${index + 1}" => cidrhost(var.network_cidr, 101 + index)
-  }
-  worker_instances = {
-    for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => cidrhost(var.network_cidr, 151 + index)
+  lb_address = cidrhost(var.network_cidr, 10)
+
+  # Tier (its inventory group) => its instances (name => address) and, for the
+  # lb, its proxy device. Addresses are fixed per tier (static DHCP leases), so
+  # the inventory is stable across restarts: lb .10, redis .20, queue .21,
+  # postgres-primary .30, postgres-replica .31, app .101-.150, worker .151-.200
+  # (each range holds its count's maximum, 50).
+  tiers = {
+    # The load balancer's port 80 on its private address (where nginx listens,
+    # like every service) is published on the host's 127.0.0.1 only.
+    lb = {
+      instances = { "${var.name}-lb" = local.lb_address }
+      proxy_devices = [{
+        name    = "http"
+        listen  = "tcp:127.0.0.1:${var.lb_http_port}"
+        connect = "tcp:${local.lb_address}:80"
+      }]
+    }
+    app = {
+      instances = { for index in range(var.app_count) : "${var.name}-app-${index + 1}" => cidrhost(var.network_cidr, 101 + index) }
+    }
+    redis = { instances = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) } }
+    # The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
+    # compete with the cache for memory or fall to its LRU eviction.
+    queue = { instances = { "${var.name}-queue" = cidrhost(var.network_cidr, 21) } }
+    worker = {
+      instances = { for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => cidrhost(var.network_cidr, 151 + index) }
+    }
+    postgres_primary = { instances = { "${var.name}-postgres-primary" = cidrhost(var.network_cidr, 30) } }
+    postgres_replica = { instances = { "${var.name}-postgres-replica" = cidrhost(var.network_cidr, 31) } }
   }
 }
 
@@ -25,85 +49,12 @@ module "profile" {
   storage_pool = var.storage_pool
 }
 
-# The load balancer's port 80 on its private address (where nginx listens,
-# like every service) is published on the host's 127.0.0.1 only.
-module "lb" {
-  source = "../../modules/lxd-instances"
+module "tier" {
+  source   = "../../modules/lxd-instances"
+  for_each = local.tiers
 
-  instances             = { "${var.name}-lb" = cidrhost(var.network_cidr, 10) }
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-  proxy_devices = [{
-    name    = "http"
-    listen  = "tcp:127.0.0.1:${var.lb_http_port}"
-    connect = "tcp:${cidrhost(var.network_cidr, 10)}:80"
-  }]
-}
-
-module "app" {
-  source = "../../modules/lxd-instances"
-
-  instances             = local.app_instances
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-}
-
-module "redis" {
-  source = "../../modules/lxd-instances"
-
-  instances             = { "${var.name}-redis" = cidrhost(var.network_cidr, 20) }
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-}
-
-# The task queue: a Redis of its own (no eviction, AOF), so queued tasks never
-# compete with the cache for memory or fall to its LRU eviction.
-module "queue" {
-  source = "../../modules/lxd-instances"
-
-  instances             = { "${var.name}-queue" = cidrhost(var.network_cidr, 21) }
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-}
-
-module "worker" {
-  source = "../../modules/lxd-instances"
-
-  instances             = local.worker_instances
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-}
-
-module "postgres_primary" {
-  source = "../../modules/lxd-instances"
-
-  instances             = { "${var.name}-postgres-primary" = cidrhost(var.network_cidr, 30) }
-  image                 = var.image
-  network               = module.network.name
-  nameserver            = module.network.gateway
-  profile               = module.profile.name
-  admin_authorized_keys = [trimspace(var.admin_ssh_public_key)]
-}
-
-module "postgres_replica" {
-  source = "../../modules/lxd-instances"
-
-  instances             = { "${var.name}-postgres-replica" = cidrhost(var.network_cidr, 31) }
+  instances             = each.value.instances
+  proxy_devices         = try(each.value.proxy_devices, [])
   image                 = var.image
   network               = module.network.name
   nameserver            = module.network.gateway
@@ -118,16 +69,8 @@ module "inventory" {
   source = "../../modules/inventory"
 
   groups = {
-    for group, hosts in {
-      lb               = module.lb.hosts
-      app              = module.app.hosts
-      redis            = module.redis.hosts
-      queue            = module.queue.hosts
-      worker           = module.worker.hosts
-      postgres_primary = module.postgres_primary.hosts
-      postgres_replica = module.postgres_replica.hosts
-      } : group => [
-      for host in hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }
+    for tier, instances in module.tier : tier => [
+      for host in instances.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }
     ]
   }
 
