@@ -86,12 +86,32 @@ admin_key() {
   TF_VAR_admin_ssh_public_key=$(cat "$state/ssh/id_ed25519.pub")
 }
 
+# The tiers were one module block each (module.lb, module.app, ...) until they
+# became instances of one (module.tier["lb"], ...). A `moved` block would carry
+# a stack across, but it needs Terraform >= 1.1 and the fallback CLI
+# (TERRAFORM_FALLBACK_PIP in versions.env) is 1.0.3, the newest PyPI has: move
+# an older stack's state once instead, so its next apply keeps its instances
+# rather than replacing them. terraform/environments/aws/README.md has the same
+# commands for an aws stack.
+migrate_tier_state() {
+  local addresses tier
+  # A new stack has no state to list (and nothing to move); any other failure
+  # shows in the apply that follows.
+  addresses=$(tf state list 2>/dev/null) || return 0
+  for tier in lb app redis queue worker postgres_primary postgres_replica; do
+    if grep -q "^module\.$tier\." <<<"$addresses"; then
+      tf state mv "module.$tier" "module.tier[\"$tier\"]" >/dev/null
+    fi
+  done
+}
+
 # vms [TOFU_ARGS...]: the stack's VMs, its inventory and its known_hosts.
 vms() {
   bash scripts/secrets.sh "$stack" >/dev/null
   admin_key
   tf_admin init -input=false >/dev/null
   has_workspace || tf_admin workspace new "$stack" >/dev/null
+  migrate_tier_state
   filtered 'Creation complete|^(Apply complete|No changes)|Error' \
     tf apply -input=false -auto-approve -compact-warnings -no-color "$@" >"$state/tofu.log" ||
     die "tofu apply failed: see $state/tofu.log"
