@@ -5,6 +5,7 @@ and Redis flushed before an uncached load."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -134,10 +135,9 @@ class EdgeTLS:
 
     def __enter__(self) -> EdgeTLS:
         log("HTTPS on the load balancer (nginx role, self-signed) beside plain HTTP")
-        self.stack.playbook(
-            "site.yml", "--limit", "lb",
-            "-e", "nginx_tls_enabled=true", "-e", "nginx_tls_redirect_http=false",
-        )  # fmt: skip
+        # JSON, so that the booleans are booleans (key=value would pass the string "false").
+        settings = {"nginx_tls_enabled": True, "nginx_tls_redirect_http": False}
+        self.stack.playbook("site.yml", "--limit", "lb", "-e", json.dumps(settings))
         self.__exit__()
         self.stack.lxc(
             *("config", "device", "add", self.instance, self.DEVICE, "proxy"),

@@ -9,7 +9,10 @@
 --                                     per request, as the API client whose token
 --                                     is in FF_BENCH_TOKEN (a secret stays off
 --                                     the command line)
--- done() prints one line, "WRKJSON {...}", that bench/run.py reads.
+-- done() prints one line, "WRKJSON {...}", that bench/run.py reads. Every
+-- answer but a 2xx is an error: wrk counts >= 400 ("status"), this script the
+-- 1xx and 3xx ("unexpected"), as a redirect measured as a success would
+-- flatter a figure.
 
 local threads = {}
 
@@ -20,6 +23,7 @@ end
 
 local mode, first, span, token, nonce
 local counter = 0
+unexpected = 0
 local stride
 
 function init(args)
@@ -48,13 +52,23 @@ function request()
   }, body)
 end
 
+function response(status)
+  if status < 200 or (status > 299 and status < 400) then
+    unexpected = unexpected + 1
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
+  local others = 0
+  for _, thread in ipairs(threads) do
+    others = others + thread:get("unexpected")
+  end
   io.write(string.format(
     'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"errors":{"connect":%d,"read":%d,' ..
-    '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"p50":%d,"p90":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d,"unexpected":%d},"latency_us":{"mean":%.1f,"p50":%d,"p90":%d,' ..
     '"p99":%d,"max":%d}}\n',
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
-    e.timeout, latency.mean, latency:percentile(50), latency:percentile(90),
+    e.timeout, others, latency.mean, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max))
 end
