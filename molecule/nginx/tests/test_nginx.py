@@ -678,6 +678,7 @@ def test_argument_specs_defaults_match_defaults_main():
         ({"nginx_upstream_drained": ["nope"]}, "names hosts that are not in group 'app'"),
         ({}, "no upstream left in rotation"),
         ({"nginx_acme_enabled": True}, "nginx_acme_enabled needs nginx_tls_enabled: true"),
+        ({"nginx_tls_redirect_http": "false"}, "nginx_tls_redirect_http must be a boolean"),
         (
             {"nginx_acme_enabled": True, "nginx_tls_enabled": True},
             "nginx_acme_domains must list the certificate's hostnames",
