@@ -46,7 +46,7 @@ from load import run_scenarios
 from pyspy import profile
 from scenarios import AuxServers, EdgeTLS, answers_200, bench_scenarios, first_app, seed
 from stacklib import ROOT, STACK_SH, Stack, StackError, log, recap_changed
-from worker import worker_figure
+from worker import now, worker_figure
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -168,6 +168,7 @@ def main() -> None:
     try:
         secrets, tokens = stack.vault_view(), stack.tokens
         first, last = seed(stack)
+        scenarios_started = now(stack)
         nonce = f"bench{int(time.time())}"
         with AuxServers(stack) as aux, EdgeTLS(stack) as edge:
             answers_200(aux.url("bench-gunicorn") + "/", 60)
@@ -187,7 +188,9 @@ def main() -> None:
                 for scenario in chosen
                 if scenario.key in profiled
             }
-        workers = worker_figure(stack, first, args.order_rate, args.order_seconds)
+        workers = worker_figure(
+            stack, first, args.order_rate, args.order_seconds, scenarios_started
+        )
         report.ratios(results)
         described = describe(args, stack, deploy, results)
         described["worker"] = workers

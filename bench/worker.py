@@ -5,6 +5,8 @@ which the workers drained the backlog the order scenario left, their capacity.""
 
 from __future__ import annotations
 
+import time
+
 from stacklib import OrderLoad, Stack, StackError, log, wait_for
 
 SETTLE_SECONDS = 900
@@ -31,10 +33,10 @@ def _settle(stack: Stack, what: str) -> None:
     wait_for(lambda: _reserved(stack), lambda left: left == 0, what, SETTLE_SECONDS, 2)
 
 
-def _orders(stack: Stack, since: str | None) -> dict:
-    """Counts, spans and lag quantiles of the orders created since `since` (a timestamp
-    PostgreSQL itself gave), or of every confirmed order."""
-    where = f"created_at >= '{since}'" if since else "status = 'confirmed'"
+def _orders(stack: Stack, since: str, until: str | None = None) -> dict:
+    """Counts, spans and lag quantiles of the orders created from `since` (to `until`):
+    timestamps PostgreSQL itself gave."""
+    where = f"created_at >= '{since}'" + (f" AND created_at < '{until}'" if until else "")
     row = stack.psql("postgres-primary", f"{ORDER_FIGURES} WHERE {where}")
     count, confirmed, span, confirming, quantiles, longest = row.split("|")
     p50, p99 = (float(q) for q in quantiles.strip("{}").split(","))
@@ -49,16 +51,25 @@ def _orders(stack: Stack, since: str | None) -> dict:
     }
 
 
-def worker_figure(stack: Stack, product_id: int, rate: float, seconds: int) -> dict:
+def now(stack: Stack) -> str:
+    """PostgreSQL's clock, which stamps the orders."""
+    return stack.psql("postgres-primary", "SELECT now()")
+
+
+def worker_figure(
+    stack: Stack, product_id: int, rate: float, seconds: int, scenarios_started: str
+) -> dict:
+    """The steady load's figures, and the drain of the orders the scenarios placed since
+    scenarios_started (an earlier run's orders on a reused stack are not counted)."""
     _settle(stack, "the order scenario's backlog")
-    backlog = _orders(stack, None)
-    started = stack.psql("postgres-primary", "SELECT now()")
+    started = now(stack)
+    backlog = _orders(stack, scenarios_started, started)
     log(f"steady order load: {rate:g} orders/s for {seconds} s")
     with OrderLoad(
         stack.url, stack.session("shop"), product_id, rate=rate, seconds=seconds,
         limit=int(rate * seconds),
     ) as load:  # fmt: skip
-        pass
+        time.sleep(seconds)
     if load.failed:
         raise StackError(f"orders failed under the steady load: {load.summary()}")
     _settle(stack, "the steady load's orders")
