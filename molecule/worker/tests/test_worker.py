@@ -145,9 +145,8 @@ def test_transactions_in_the_append_only_file_survive_a_restart(worker, queue):
     key = "ffq:molecule-transaction"
     assert redis_admin(queue, "MULTI", f"SET {key} kept", "EXEC") == ["OK", "QUEUED", "OK"]
     queue.check_output("systemctl restart redis-server")
-    assert eventually(lambda: redis_admin(queue, f"GET {key}") == ["kept"], timeout=30), (
-        queue.run("journalctl -u redis-server -o cat --no-pager -n 20").stdout
-    )
+    kept = eventually(lambda: redis_admin(queue, f"GET {key}") == ["kept"], timeout=30)
+    assert kept, queue.run("journalctl -u redis-server -o cat --no-pager -n 20").stdout
     redis_admin(queue, f"DEL {key}")
     # The scheduler kept running through the restart and still holds the lock.
     assert worker.service("flaskfleet-beat").is_running
