@@ -73,6 +73,17 @@ def run_role_with(role: str, extra_vars: dict) -> subprocess.CompletedProcess:
     )
 
 
+def fails_in_validation(role: str, extra_vars: dict, message: str) -> str:
+    """The role with extra_vars stops with `message` before any task reaches a host (its
+    validation runs on the controller); returns the run's output."""
+    result = run_role_with(role, extra_vars)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output, output
+    assert "UNREACHABLE" not in output, output
+    return output
+
+
 def changed_nothing(output: str) -> bool:
     """Whether a playbook's recap shows no change on any host."""
     return set(re.findall(r"changed=(\d+)", output)) <= {"0"}

@@ -9,20 +9,20 @@ from testlib import (
     PROJECT_DIR,
     eventually,
     exposure,
+    fails_in_validation,
     host,
     journal,
     private_ip,
     run_playbook,
-    run_role_with,
 )
 
 __all__ = [
     "PROJECT_DIR",
     "eventually",
     "exposure",
+    "fails_in_validation",
     "host",
     "journal",
     "private_ip",
     "run_playbook",
-    "run_role_with",
 ]

@@ -5,14 +5,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
-from testlib import PROJECT_DIR, exposure, host, journal, private_ip, run_playbook, run_role_with
+from testlib import (
+    PROJECT_DIR,
+    exposure,
+    fails_in_validation,
+    host,
+    journal,
+    private_ip,
+    run_playbook,
+)
 
 __all__ = [
     "PROJECT_DIR",
     "exposure",
+    "fails_in_validation",
     "host",
     "journal",
     "private_ip",
     "run_playbook",
-    "run_role_with",
 ]
