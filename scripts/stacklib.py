@@ -200,9 +200,12 @@ class Stack:
         return session
 
     def wait_ready(self, expect: str = "ready", timeout: float = 90) -> dict:
-        """/readyz's answer once its status is `expect`."""
+        """/readyz's answer once its status is `expect`. Each request may take the app's
+        database connect timeout (FLASKFLEET_DB_CONNECT_TIMEOUT, 3 s) while a database is down:
+        /readyz then answers in just over 3 s, so waiting only 3 s for it lost the race under
+        load."""
         return wait_for(
-            lambda: requests.get(f"{self.ops_url}/readyz", timeout=3).json(),
+            lambda: requests.get(f"{self.ops_url}/readyz", timeout=10).json(),
             lambda body: body.get("status") == expect,
             f"/readyz saying {expect!r}",
             timeout,
