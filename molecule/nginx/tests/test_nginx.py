@@ -331,6 +331,25 @@ def test_ports_opened_through_the_common_role():
     assert LB.file("/etc/nftables.d/nginx.nft").exists
 
 
+def test_stub_status_on_loopback():
+    """The nginx exporter's source: counters at /stub_status, nothing else, not logged."""
+    before = LB.check_output("wc -l < /var/log/nginx/access.log")
+    status = LB.check_output("curl -sf -m 5 http://127.0.0.1:8081/stub_status")
+    assert "Active connections:" in status, status + diagnostics()
+    assert "server accepts handled requests" in status, status
+    other = LB.run("curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8081/")
+    assert other.stdout == "404", other.stdout
+    assert LB.check_output("wc -l < /var/log/nginx/access.log") == before
+
+
+def test_stub_status_not_on_the_private_address():
+    """Loopback only: the private address does not answer on the status port,
+    and no firewall flow names it."""
+    result = LB.run(f"curl -s -m 5 http://{outside_address()}:8081/stub_status")
+    assert result.rc == 7, result.stdout  # curl: could not connect
+    assert "8081" not in LB.check_output("nft list chain inet flaskfleet input")
+
+
 def test_acme_certificate_issued_and_served():
     """The certificate came from the ACME server for the configured name, and a
     client that trusts that CA's root reaches the app over it."""
@@ -661,6 +680,7 @@ def test_argument_specs_defaults_match_defaults_main():
         ({"nginx_upstream_port": "http"}, "nginx_upstream_port"),
         ({"nginx_upstream_port": 70000}, "need nginx_upstream_port in 1..65535"),
         ({"nginx_listen_port": 0}, "need nginx_listen_port and nginx_tls_port in 1..65535"),
+        ({"nginx_status_port": 80}, "nginx_status_port in 1..65535 and apart from both"),
         ({"nginx_tls_enabled": "maybe"}, "nginx_tls_enabled"),
         ({"nginx_client_max_body_size": "huge"}, "nginx_client_max_body_size like 1m"),
         ({"nginx_rate_limit": "fast"}, "nginx_rate_limit like 20r/s"),
