@@ -34,7 +34,16 @@ from helpers import (
     write_inventory,
 )
 
-GROUPS = ["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"]
+GROUPS = [
+    "lb",
+    "app",
+    "worker",
+    "redis",
+    "queue",
+    "postgres_primary",
+    "postgres_replica",
+    "monitor",
+]
 REGION = "us-east-1"
 DOMAIN = "shop.example.com"
 ACME_EMAIL = "ops@example.com"
@@ -227,8 +236,8 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
-    # lb, 2 app, 2 worker, redis, queue, postgres-primary, postgres-replica.
-    assert sum(len(r["Instances"]) for r in reservations) == 9
+    # lb, 2 app, 2 worker, redis, queue, postgres-primary, postgres-replica, monitor.
+    assert sum(len(r["Instances"]) for r in reservations) == 10
 
 
 def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
@@ -278,6 +287,7 @@ def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
         "queue": ("t3.small", 10, "private", b, False),
         "postgres-primary": ("t3.medium", 20, "private", a, False),
         "postgres-replica": ("t3.medium", 20, "private", b, False),
+        "monitor": ("t3.small", 20, "private", a, False),
     }
 
 
@@ -297,9 +307,13 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
                 ingress.add((by_id[pair["GroupId"]], target, port))
             for block in permission.get("IpRanges", []):
                 ingress.add((block["CidrIp"], target, port))
-    private = ["app", "worker", "redis", "queue", "postgres-primary", "postgres-replica"]
-    # Nothing reaches a worker but SSH through the bastion; the queue only from
-    # its producers (app) and consumers (worker).
+    private = ["app", "worker", "redis", "queue", "postgres-primary", "postgres-replica", "monitor"]
+    monitored = ["lb", *private[:-1]]
+    # Nothing reaches a worker but SSH through the bastion and the monitor's
+    # scrapes; the queue only from its producers (app) and consumers (worker)
+    # and its exporter from the monitor; the monitor only from the hosts that
+    # upload their journals and, for Prometheus and Alertmanager, admins
+    # tunnelling through the bastion.
     assert ingress == {
         ("0.0.0.0/0", "lb", 80),
         ("0.0.0.0/0", "lb", 443),
@@ -314,6 +328,17 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ("worker", "postgres-primary", 5432),
         ("worker", "postgres-replica", 5432),
         *(("lb", tier, 22) for tier in private),
+        *(("monitor", tier, 9100) for tier in monitored),
+        *((tier, "monitor", 19532) for tier in monitored),
+        ("monitor", "app", 8000),
+        ("monitor", "worker", 9808),
+        ("monitor", "postgres-primary", 9187),
+        ("monitor", "postgres-replica", 9187),
+        ("monitor", "redis", 9121),
+        ("monitor", "queue", 9121),
+        ("monitor", "lb", 9113),
+        ("lb", "monitor", 9090),
+        ("lb", "monitor", 9093),
     }
 
 
@@ -330,6 +355,7 @@ def test_inventory_has_every_group_with_addresses(stack, inventory_dir):
         "queue": [f"{stack['name']}-queue"],
         "postgres_primary": [f"{stack['name']}-postgres-primary"],
         "postgres_replica": [f"{stack['name']}-postgres-replica"],
+        "monitor": [f"{stack['name']}-monitor"],
     }
     inventory_vars = inventory["all"]["vars"]
     # TLS at the edge: nginx gets the domain and the ACME contact from here.
@@ -427,6 +453,8 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
         "app",
         "worker",
         "lb",
+        "all",
+        "monitor",
     ]
     for play in plays:
         pattern = re.match(r"  play #\d+ \((\w+)\)", play)[1]
@@ -438,7 +466,10 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
 
 def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
     """--list-tasks parses every role for these hosts without connecting."""
-    roles = ["common", "postgresql", "postgresql", "redis", "redis", "app", "worker", "nginx"]
+    roles = [
+        *("common", "postgresql", "postgresql", "redis", "redis", "app", "worker", "nginx"),
+        *("exporters", "prometheus"),
+    ]
     plays = site_playbook(inventory_dir, vault, "--list-tasks")
     assert len(plays) == len(roles)
     for play, role in zip(plays, roles, strict=True):

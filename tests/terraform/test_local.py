@@ -15,7 +15,16 @@ import uuid
 import pytest
 from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
 
-GROUPS = ["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"]
+GROUPS = [
+    "lb",
+    "app",
+    "worker",
+    "redis",
+    "queue",
+    "postgres_primary",
+    "postgres_replica",
+    "monitor",
+]
 # Tiers of worker_count / app_count hosts (both default to 2); every other tier has one.
 SCALED = {"app": 2, "worker": 2}
 
@@ -58,6 +67,8 @@ class Stack:
         self.name = f"pt-{uuid.uuid4().hex[:6]}"
         self.cidr = free_subnet()
         self.port = free_port()
+        self.prometheus_port = free_port()
+        self.alertmanager_port = free_port()
         self.ssh_dir = ssh_dir
         keygen = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ssh_dir / "id_ed25519"])
         assert keygen.returncode == 0, keygen.stderr
@@ -65,6 +76,8 @@ class Stack:
             *("-var", f"name={self.name}"),
             *("-var", f"network_cidr={self.cidr}"),
             *("-var", f"lb_http_port={self.port}"),
+            *("-var", f"prometheus_host_port={self.prometheus_port}"),
+            *("-var", f"alertmanager_host_port={self.alertmanager_port}"),
             *("-var", f"admin_ssh_public_key={(ssh_dir / 'id_ed25519.pub').read_text()}"),
         ]
         self.inventory = None
@@ -223,18 +236,30 @@ def test_ssh_refuses_an_unknown_host_key(stack, inventory_dir):
     assert "Host key verification failed" in result.stdout + result.stderr, result.stdout
 
 
-def test_lb_http_port_is_published_on_localhost_only(stack):
-    lb = f"{stack.name}-lb"
-    lb_ip = hosts_of(stack.inventory)[lb]["private_ip"]
-    device = lxc_query(f"/1.0/instances/{lb}")["devices"]["http"]
+@pytest.mark.parametrize(
+    ("tier", "device_name", "guest_port", "host_port"),
+    [
+        ("lb", "http", 80, "port"),
+        ("monitor", "prometheus", 9090, "prometheus_port"),
+        ("monitor", "alertmanager", 9093, "alertmanager_port"),
+    ],
+)
+def test_published_ports_are_on_localhost_only(stack, tier, device_name, guest_port, host_port):
+    """The lb's HTTP port and the monitor's Prometheus and Alertmanager ports
+    reach the host's 127.0.0.1 and nothing else of the host."""
+    host = f"{stack.name}-{tier}"
+    host_ip = hosts_of(stack.inventory)[host]["private_ip"]
+    port = getattr(stack, host_port)
+    device = lxc_query(f"/1.0/instances/{host}")["devices"][device_name]
     assert device["type"] == "proxy"
-    assert device["listen"] == f"tcp:127.0.0.1:{stack.port}"
-    assert device["connect"] == f"tcp:{lb_ip}:80"
-    # A server on the lb's private address, port 80, answers on the host's 127.0.0.1.
+    assert device["listen"] == f"tcp:127.0.0.1:{port}"
+    assert device["connect"] == f"tcp:{host_ip}:{guest_port}"
+    # A server on the host's private address and guest port answers on the host's 127.0.0.1.
+    unit = f"pytest-{device_name}"
     started = run(
         [
-            *("lxc", "exec", lb, "--", "systemd-run", "--unit=pytest-http"),
-            *("python3", "-m", "http.server", "80", "--bind", lb_ip),
+            *("lxc", "exec", host, "--", "systemd-run", f"--unit={unit}"),
+            *("python3", "-m", "http.server", str(guest_port), "--bind", host_ip),
             *("--directory", "/etc/systemd"),
         ]
     )
@@ -243,7 +268,7 @@ def test_lb_http_port_is_published_on_localhost_only(stack):
         deadline = time.monotonic() + 30
         while True:
             try:
-                url = f"http://127.0.0.1:{stack.port}/"
+                url = f"http://127.0.0.1:{port}/"
                 with urllib.request.urlopen(url, timeout=5) as response:
                     assert response.status == 200
                     assert "system.conf" in response.read().decode()
@@ -253,7 +278,7 @@ def test_lb_http_port_is_published_on_localhost_only(stack):
                     raise
                 time.sleep(0.5)
     finally:
-        run(["lxc", "exec", lb, "--", "systemctl", "stop", "pytest-http"])
+        run(["lxc", "exec", host, "--", "systemctl", "stop", unit])
 
 
 def test_destroy_leaves_no_container_or_network(stack):

@@ -75,6 +75,14 @@ def test_aws_service_ports_agree_with_the_playbooks_ports(tofu_for):
         "app": ports["app_port"],
         "redis": ports["redis_port"],
         "postgresql": ports["postgresql_port"],
+        "worker_metrics": ports["worker_metrics_port"],
+        "node_exporter": ports["exporters_node_port"],
+        "postgres_exporter": ports["exporters_postgres_port"],
+        "redis_exporter": ports["exporters_redis_port"],
+        "nginx_exporter": ports["exporters_nginx_port"],
+        "prometheus": ports["prometheus_port"],
+        "alertmanager": ports["prometheus_alertmanager_port"],
+        "journal_remote": ports["journal_remote_port"],
     }
     # The lb's security group opens 80 (redirect, ACME HTTP-01) and 443, fixed
     # by the protocols rather than chosen: nginx must listen on exactly those.
@@ -204,7 +212,13 @@ def test_checkov_finds_nothing_unexplained():
         ),
         (
             "aws",
-            [*AWS_REQUIRED_VARS, "-var", "service_ports={app=8000, redis=0, postgresql=5432}"],
+            [
+                *AWS_REQUIRED_VARS,
+                "-var",
+                "service_ports={app=8000, redis=0, postgresql=5432, worker_metrics=9808,"
+                " node_exporter=9100, postgres_exporter=9187, redis_exporter=9121,"
+                " nginx_exporter=9113, prometheus=9090, alertmanager=9093, journal_remote=19532}",
+            ],
             "Every service port must be a whole number from 1 to 65535.",
         ),
         (

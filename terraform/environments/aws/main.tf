@@ -56,6 +56,9 @@ locals {
       instances     = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
       instance_type = "postgres", root_volume_size = 20
     }
+    # Prometheus' TSDB and every host's journal (systemd-journal-remote) need
+    # the room; both have retention limits below 20 GiB.
+    monitor = { instances = { "${var.name}-monitor" = local.private_subnet_ids[0] }, root_volume_size = 20 }
   }
 }
 

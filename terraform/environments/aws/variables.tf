@@ -101,16 +101,32 @@ variable "worker_count" {
 }
 
 variable "service_ports" {
-  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer), redis (the cache, and the task queue, which runs the same role), postgresql. The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
+  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer; also their /metrics), redis (the cache, and the task queue, which runs the same role), postgresql, worker_metrics (each worker's metrics), the exporters (node_exporter on every VM; postgres, redis, nginx beside their services), prometheus and alertmanager (on the monitor, reached through the bastion), journal_remote (the monitor's systemd-journal-remote, every VM's log upload). The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
   type = object({
-    app        = number
-    redis      = number
-    postgresql = number
+    app               = number
+    redis             = number
+    postgresql        = number
+    worker_metrics    = number
+    node_exporter     = number
+    postgres_exporter = number
+    redis_exporter    = number
+    nginx_exporter    = number
+    prometheus        = number
+    alertmanager      = number
+    journal_remote    = number
   })
   default = {
-    app        = 8000
-    redis      = 6379
-    postgresql = 5432
+    app               = 8000
+    redis             = 6379
+    postgresql        = 5432
+    worker_metrics    = 9808
+    node_exporter     = 9100
+    postgres_exporter = 9187
+    redis_exporter    = 9121
+    nginx_exporter    = 9113
+    prometheus        = 9090
+    alertmanager      = 9093
+    journal_remote    = 19532
   }
 
   validation {
@@ -146,7 +162,7 @@ variable "detailed_monitoring" {
 }
 
 variable "instance_types" {
-  description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres."
+  description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres, monitor."
   type = object({
     lb       = string
     app      = string
@@ -154,6 +170,7 @@ variable "instance_types" {
     redis    = string
     queue    = string
     postgres = string
+    monitor  = string
   })
   default = {
     lb       = "t3.micro"
@@ -162,6 +179,7 @@ variable "instance_types" {
     redis    = "t3.small"
     queue    = "t3.small"
     postgres = "t3.medium"
+    monitor  = "t3.small"
   }
 
   validation {

@@ -2,13 +2,14 @@
 # instance per tier of local.tiers, so adding a tier is one entry there (its
 # containers and its inventory group follow).
 locals {
-  lb_address = cidrhost(var.network_cidr, 10)
+  lb_address      = cidrhost(var.network_cidr, 10)
+  monitor_address = cidrhost(var.network_cidr, 40)
 
   # Tier (its inventory group) => its instances (name => address) and, for the
   # lb, its proxy device. Addresses are fixed per tier (static DHCP leases), so
   # the inventory is stable across restarts: lb .10, redis .20, queue .21,
-  # postgres-primary .30, postgres-replica .31, app .101-.150, worker .151-.200
-  # (each range holds its count's maximum, 50).
+  # postgres-primary .30, postgres-replica .31, monitor .40, app .101-.150,
+  # worker .151-.200 (each range holds its count's maximum, 50).
   tiers = {
     # The load balancer's port 80 on its private address (where nginx listens,
     # like every service) is published on the host's 127.0.0.1 only.
@@ -32,6 +33,15 @@ locals {
     }
     postgres_primary = { instances = { "${var.name}-postgres-primary" = cidrhost(var.network_cidr, 30) } }
     postgres_replica = { instances = { "${var.name}-postgres-replica" = cidrhost(var.network_cidr, 31) } }
+    # Prometheus and Alertmanager, published on the host's 127.0.0.1 like the
+    # lb's port 80 (the host is the admin network they admit).
+    monitor = {
+      instances = { "${var.name}-monitor" = local.monitor_address }
+      proxy_devices = [
+        { name = "prometheus", listen = "tcp:127.0.0.1:${var.prometheus_host_port}", connect = "tcp:${local.monitor_address}:9090" },
+        { name = "alertmanager", listen = "tcp:127.0.0.1:${var.alertmanager_host_port}", connect = "tcp:${local.monitor_address}:9093" },
+      ]
+    }
   }
 }
 

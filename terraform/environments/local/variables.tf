@@ -53,6 +53,28 @@ variable "lb_http_port" {
   }
 }
 
+variable "prometheus_host_port" {
+  description = "Port on the host's 127.0.0.1 that forwards to Prometheus (9090) on the monitor's private address."
+  type        = number
+  default     = 9090
+
+  validation {
+    condition     = var.prometheus_host_port >= 1024 && var.prometheus_host_port <= 65535 && floor(var.prometheus_host_port) == var.prometheus_host_port
+    error_message = "Prometheus' host port must be a whole number from 1024 to 65535."
+  }
+}
+
+variable "alertmanager_host_port" {
+  description = "Port on the host's 127.0.0.1 that forwards to Alertmanager (9093) on the monitor's private address."
+  type        = number
+  default     = 9093
+
+  validation {
+    condition     = var.alertmanager_host_port >= 1024 && var.alertmanager_host_port <= 65535 && floor(var.alertmanager_host_port) == var.alertmanager_host_port
+    error_message = "Alertmanager's host port must be a whole number from 1024 to 65535."
+  }
+}
+
 variable "image" {
   description = "LXD image the instances start from; scripts/setup-lxd.sh imports the base image under the alias flaskfleet-base."
   type        = string

@@ -3,7 +3,10 @@
 #   HTTP-01), admin -> lb 22 (the lb is the bastion), lb -> app, app -> redis,
 #   app -> postgres (primary and replica), replica -> primary, app and
 #   worker -> queue (producers and consumers), worker -> postgres (primary and
-#   replica), lb -> every private host 22. Nothing else reaches a worker.
+#   replica), lb -> every private host 22; monitor -> every host's exporters
+#   and metrics ports (it scrapes them), every host -> monitor's
+#   journal_remote (log upload), lb -> monitor's prometheus and alertmanager
+#   (admins tunnel to them through the bastion). Nothing else reaches a worker.
 # The service ports come in as var.service_ports: the roles own them and the
 # playbook sets them in group_vars/all/ports.yml (tests/terraform checks that
 # the aws environment's default agrees), so this module writes none of them.
@@ -11,7 +14,7 @@
 # from the private subnets); the lb also reaches the ACME CA's API on 443. The
 # VPC resolver and time service are reachable without a rule.
 locals {
-  tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica"])
+  tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica", "monitor"])
 
   flows = concat(
     [
@@ -24,8 +27,19 @@ locals {
       { from = "worker", to = "queue", port = var.service_ports.redis, what = "Task queue (consumer)" },
       { from = "worker", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
       { from = "worker", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL reads" },
+      { from = "monitor", to = "app", port = var.service_ports.app, what = "App metrics scrape" },
+      { from = "monitor", to = "worker", port = var.service_ports.worker_metrics, what = "Worker metrics scrape" },
+      { from = "monitor", to = "postgres_primary", port = var.service_ports.postgres_exporter, what = "PostgreSQL exporter scrape" },
+      { from = "monitor", to = "postgres_replica", port = var.service_ports.postgres_exporter, what = "PostgreSQL exporter scrape" },
+      { from = "monitor", to = "redis", port = var.service_ports.redis_exporter, what = "Redis exporter scrape" },
+      { from = "monitor", to = "queue", port = var.service_ports.redis_exporter, what = "Redis exporter scrape" },
+      { from = "monitor", to = "lb", port = var.service_ports.nginx_exporter, what = "nginx exporter scrape" },
+      { from = "lb", to = "monitor", port = var.service_ports.prometheus, what = "Prometheus through the bastion" },
+      { from = "lb", to = "monitor", port = var.service_ports.alertmanager, what = "Alertmanager through the bastion" },
     ],
     [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
+    [for tier in sort(tolist(local.tiers)) : { from = "monitor", to = tier, port = var.service_ports.node_exporter, what = "Node exporter scrape" } if tier != "monitor"],
+    [for tier in sort(tolist(local.tiers)) : { from = tier, to = "monitor", port = var.service_ports.journal_remote, what = "Journal upload" } if tier != "monitor"],
   )
   flow_map = { for flow in local.flows : "${flow.from}-to-${flow.to}-${flow.port}" => flow }
 

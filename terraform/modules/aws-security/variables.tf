@@ -45,11 +45,19 @@ variable "admin_cidrs" {
 }
 
 variable "service_ports" {
-  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer), redis (the cache and the task queue) and postgresql. The roles own them; the playbook sets them in group_vars/all/ports.yml."
+  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer and the monitor), redis (the cache and the task queue), postgresql, worker_metrics, the exporters (node_exporter, postgres_exporter, redis_exporter, nginx_exporter), prometheus, alertmanager and journal_remote (on the monitor). The roles own them; the playbook sets them in group_vars/all/ports.yml."
   type = object({
-    app        = number
-    redis      = number
-    postgresql = number
+    app               = number
+    redis             = number
+    postgresql        = number
+    worker_metrics    = number
+    node_exporter     = number
+    postgres_exporter = number
+    redis_exporter    = number
+    nginx_exporter    = number
+    prometheus        = number
+    alertmanager      = number
+    journal_remote    = number
   })
 
   validation {

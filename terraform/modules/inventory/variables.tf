@@ -1,5 +1,5 @@
 variable "groups" {
-  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary and postgres_replica, each a list of hosts with the name Ansible knows them by, the address Ansible connects to and the private address services bind to."
+  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor, each a list of hosts with the name Ansible knows them by, the address Ansible connects to and the private address services bind to."
   type = map(list(object({
     name         = string
     ansible_host = string
@@ -7,8 +7,8 @@ variable "groups" {
   })))
 
   validation {
-    condition     = join(",", sort(keys(var.groups))) == "app,lb,postgres_primary,postgres_replica,queue,redis,worker"
-    error_message = "The groups must be exactly lb, app, redis, queue, worker, postgres_primary and postgres_replica."
+    condition     = join(",", sort(keys(var.groups))) == "app,lb,monitor,postgres_primary,postgres_replica,queue,redis,worker"
+    error_message = "The groups must be exactly lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor."
   }
 
   validation {
