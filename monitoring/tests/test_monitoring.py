@@ -4,15 +4,18 @@ firing and staying quiet, and the console template renders in a real Prometheus.
 from __future__ import annotations
 
 import http.client
+import math
 import re
 import shutil
 import socket
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 MONITORING = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
@@ -140,25 +143,85 @@ def test_recorded_series_are_read_in_their_own_group_after_the_record(path):
                 recorded_before.add(rule["record"])
 
 
-# The console reads recorded series: written straight into a TSDB block (promtool tsdb
-# create-blocks-from openmetrics) a minute ago, they are what a live Prometheus would show.
-# One series a line, without a timestamp.
+# The consoles read recorded series: written straight into a TSDB block (promtool tsdb
+# create-blocks-from openmetrics), an hour of them, they are what a live Prometheus would
+# show. The format is described at the top of console-series.txt.
 CONSOLE_SERIES = (MONITORING / "tests" / "console-series.txt").read_text()
-CONSOLE_EXPECTED = [
-    # html/template escapes the label: the route rule is shown, not interpreted as markup.
-    "GET /api/v1/products/&lt;int:product_id&gt;",
-    "12.5/s",
-    "25%",
-    "750ms",
-    "87.5%",
-    "replica 50%",
-    "no (primary)",
-    "postgres_replica_1 on postgres-primary:9187",
-    "2GiB",
-    "1MiB",
-    "256MiB",
-    "<td>celery</td><td>42</td>",
-]
+CONSOLE_STEP = 60
+# The samples run on past the fixture's start: a rate() over counters sees a sample near each
+# end of its window whenever the test queries, rather than extrapolating less and reading low
+# once the last sample is more than a step old. Prometheus answers for now, ignoring the rest.
+CONSOLE_AGES = range(3600, -600, -CONSOLE_STEP)
+# What each page must show of that data; every page in consoles/ has an entry.
+CONSOLE_EXPECTED = {
+    "flaskfleet.html": [
+        # html/template escapes the label: the route rule is shown, not interpreted as markup.
+        "GET /api/v1/products/&lt;int:product_id&gt;",
+        "12.5/s",
+        "25%",
+        "20ms",
+        "750ms",
+        "POST /api/v1/orders",
+        "87.5%",
+        "replica 50%",
+        '<td class="ff_targets">node</td>',
+        "4 / 5",
+        "PostgresReplicationSlotInactive",
+        # node_exporter: app-1 idles 0.8 of its 2 cores, uses 70% of its memory and 30% of /.
+        "60%",
+        "70%",
+        "30%",
+        'href="flaskfleet-data.html"',
+    ],
+    "flaskfleet-data.html": [
+        "no (primary)",
+        "4.5s",
+        "23 / 100",
+        "postgres_replica_1 on postgres-primary:9187",
+        "2GiB",
+        "replica_behind",
+        "87.5%",
+        "7/s",
+        "1MiB",
+        "256MiB",
+        "<td>flaskfleet</td><td>42</td>",
+        "flaskfleet.confirm_order",
+        "1.4/s",
+        "1m 35s",
+        'href="flaskfleet.html"',
+    ],
+}
+CONSOLE_NAMES = sorted(path.name for path in CONSOLES.glob("*.html"))
+# Screenshots of the consoles, kept with the test logs (git-ignored); the README's is
+# committed in monitoring/screenshots/.
+SCREENSHOTS = MONITORING.parent / ".test-logs" / "screenshots"
+SCREEN = (1400, 1800)
+
+
+def console_samples(text: str, now: int) -> str:
+    """OpenMetrics for console-series.txt: a sample a minute, from an hour before `now`.
+
+    `series value` stays at value; `series value ~` wanders (a few per cent, its own period)
+    until `now`, then stays at value; `series value +R` is a counter rising R a second, at
+    value at `now`.
+    """
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        labels, _, rest = line.rpartition("}")
+        value, *shape = rest.split()
+        end = float(value)
+        period = 600 + zlib.crc32(labels.encode()) % 1800
+        for age in CONSOLE_AGES:
+            if shape == ["~"]:
+                sample = end * (1 + 0.08 * math.sin(2 * math.pi * max(age, 0) / period))
+            elif shape:
+                sample = end - float(shape[0].lstrip("+")) * age
+            else:
+                sample = end
+            out.append(f"{labels}}} {sample!r} {now - age}\n")
+    return "".join(out) + "# EOF\n"
 
 
 def _free_port() -> int:
@@ -183,17 +246,16 @@ def prometheus(tmp_path_factory):
     assert shutil.which("prometheus"), "the prometheus package is not installed"
     assert (CONSOLE_LIBRARIES / "prom.lib").is_file(), f"no console library in {CONSOLE_LIBRARIES}"
     work = tmp_path_factory.mktemp("prometheus")
-    stamp = int(time.time()) - 60
-    samples = "".join(
-        f"{line} {stamp - offset}\n" for offset in (60, 0) for line in CONSOLE_SERIES.splitlines()
-    )
-    (work / "series.om").write_text(samples + "# EOF\n")
+    (work / "series.om").write_text(console_samples(CONSOLE_SERIES, int(time.time())))
     backfill = _promtool(
         "tsdb", "create-blocks-from", "openmetrics", str(work / "series.om"), str(work / "data")
     )
     assert backfill.returncode == 0, backfill.stdout + backfill.stderr
     config = {
-        "global": {"evaluation_interval": "1m"},
+        # The rules load but are not evaluated during the test (a group's first evaluation
+        # waits for its slot in the interval): an evaluation would overwrite the backfilled
+        # recorded series with what the rules compute from raw series the data lacks.
+        "global": {"evaluation_interval": "1y"},
         "rule_files": [str(path) for path in RULE_FILES],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -238,11 +300,74 @@ def test_prometheus_loads_every_rule_file(prometheus):
     assert loaded == set(ALERTS) | set(RECORDS)
 
 
-@pytest.mark.parametrize("console", sorted(p.name for p in CONSOLES.glob("*.html")))
+def test_every_console_has_expectations():
+    assert CONSOLE_NAMES and set(CONSOLE_NAMES) == set(CONSOLE_EXPECTED)
+
+
+@pytest.mark.parametrize("console", CONSOLE_NAMES)
 def test_console_renders(prometheus, console):
     port, _ = prometheus
     status, body = _get(port, f"/consoles/{console}")
     assert status == 200, body
     assert "error executing template" not in body, body
-    missing = [text for text in CONSOLE_EXPECTED if text not in body]
+    missing = [text for text in CONSOLE_EXPECTED.get(console, []) if text not in body]
     assert not missing, f"{missing} not in the page:\n{body}"
+
+
+def _chromium(url: str, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on `url`, given 10 s of virtual time for the graphs' queries."""
+    assert shutil.which("chromium"), "the chromium package is not installed"
+    return subprocess.run(
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",  # root in a container has no user namespace for the sandbox
+            "--disable-gpu",
+            f"--window-size={SCREEN[0]},{SCREEN[1]}",
+            "--virtual-time-budget=10000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("console", CONSOLE_NAMES)
+def test_console_graphs_draw(prometheus, console):
+    """Every PromConsole.Graph of the page draws a line: the graph libraries Prometheus serves
+    (Debian's rickshaw and d3) load, and each expression returns data."""
+    port, _ = prometheus
+    url = f"http://127.0.0.1:{port}/consoles/{console}"
+    graphs = re.findall(
+        r'<div id="(\w+)"></div>\s*<script>\s*new PromConsole.Graph',
+        _get(port, f"/consoles/{console}")[1],
+    )
+    assert graphs, "no graph on the page"
+    result = _chromium(url, "--dump-dom")
+    assert result.returncode == 0, result.stderr
+    dom = result.stdout
+    for graph in graphs:
+        start = dom.index(f'<div id="{graph}">')
+        drawn = dom[start : dom.index('class="prom_graph_xtitle"', start)]
+        assert "prom_graph_error" not in drawn, f"{graph}: {drawn}"
+        assert re.search(r'<path class="path" d="M[\d.]+,', drawn), f"{graph} drew no line"
+
+
+@pytest.mark.parametrize("console", CONSOLE_NAMES)
+def test_console_screenshot(prometheus, console):
+    """A screenshot of the page, of the requested size and not blank."""
+    port, _ = prometheus
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    png = SCREENSHOTS / console.replace(".html", ".png")
+    png.unlink(missing_ok=True)
+    result = _chromium(f"http://127.0.0.1:{port}/consoles/{console}", f"--screenshot={png}")
+    assert result.returncode == 0, result.stderr
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        assert image.size == SCREEN
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+    # Anti-aliased text alone gives a few hundred colours (Prometheus' error page: about 250);
+    # these pages, with their tables and graphs, have over 1500.
+    assert colours is None or len(colours) > 1000, f"{png}: {len(colours)} colours"
