@@ -12,6 +12,10 @@
 #                 inventory/ with the same group_vars, so a test stack never
 #                 touches the developer's.
 #   FF_HTTP_PORT  port on 127.0.0.1 that reaches the load balancer (default 8080)
+#   FF_PROMETHEUS_PORT, FF_ALERTMANAGER_PORT  ports on 127.0.0.1 that reach the
+#                 monitor's Prometheus and Alertmanager (default 9090 and 9093
+#                 for ff; FF_HTTP_PORT + 10000 and + 11000 for another stack,
+#                 so stacks side by side do not collide)
 #   FF_NETWORK_CIDR  the stack's bridge subnet (default 10.118.10.0/24 for ff,
 #                 and a /24 in 10.118.11-210.0 derived from the name otherwise)
 . "$(dirname "$0")/lib.sh"
@@ -25,8 +29,12 @@ export TF_VAR_name=$stack
 export TF_VAR_lb_http_port=${FF_HTTP_PORT:-8080}
 if [ "$stack" = ff ]; then
   export TF_VAR_network_cidr=${FF_NETWORK_CIDR:-10.118.10.0/24}
+  export TF_VAR_prometheus_host_port=${FF_PROMETHEUS_PORT:-9090}
+  export TF_VAR_alertmanager_host_port=${FF_ALERTMANAGER_PORT:-9093}
 else
   export TF_VAR_network_cidr=${FF_NETWORK_CIDR:-10.118.$((11 + $(cksum <<<"$stack" | cut -d' ' -f1) % 200)).0/24}
+  export TF_VAR_prometheus_host_port=${FF_PROMETHEUS_PORT:-$((TF_VAR_lb_http_port + 10000))}
+  export TF_VAR_alertmanager_host_port=${FF_ALERTMANAGER_PORT:-$((TF_VAR_lb_http_port + 11000))}
 fi
 export TF_WORKSPACE=$stack
 # Read by scripts/vault-password (ansible.cfg's vault password client).
@@ -154,10 +162,12 @@ up() {
     die "site.yml failed: see $state/site.log"
   sed -n '/^PLAY RECAP/,/^$/p' "$state/site.log"
 
-  step 3 "smoke check through the load balancer"
+  step 3 "smoke check through the load balancer and the monitor"
   smoke
   log "flaskfleet is up (${stack}, $((SECONDS - start)) s)"
   echo "$url/api/v1/products"
+  echo "prometheus:   http://127.0.0.1:$TF_VAR_prometheus_host_port/consoles/flaskfleet.html (alerts: /alerts)"
+  echo "alertmanager: http://127.0.0.1:$TF_VAR_alertmanager_host_port/"
 }
 
 # The load balancer's private address: what the admin network (this host, on
@@ -177,6 +187,10 @@ smoke() {
   [ -n "$ready" ] || die "no ready answer from $ops_url/readyz within 60 s"
   echo "readyz ($ops_url, admin network only): $ready"
   curl -fsS --max-time 5 -o /dev/null -w 'GET /api/v1/products: %{http_code}\n' "$url/api/v1/products"
+  curl -fsS --max-time 5 -o /dev/null -w 'Prometheus /-/ready: %{http_code}\n' \
+    "http://127.0.0.1:$TF_VAR_prometheus_host_port/-/ready"
+  curl -fsS --max-time 5 -o /dev/null -w 'Alertmanager /-/ready: %{http_code}\n' \
+    "http://127.0.0.1:$TF_VAR_alertmanager_host_port/-/ready"
 }
 
 down() {

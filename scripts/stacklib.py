@@ -184,6 +184,21 @@ class Stack:
         place /metrics, /readyz and X-Served-By are served."""
         return f"http://{self.inventory_hosts()[self.instance('lb')]['private_ip']}"
 
+    def published(self, tier: str, device: str) -> str:
+        """The host's 127.0.0.1 address of a port Terraform published (an LXD proxy device
+        of the tier's instance, e.g. the monitor's prometheus), as a URL."""
+        out = self.run("lxc", "query", f"/1.0/instances/{self.instance(tier)}", timeout=60)
+        listen = json.loads(out.stdout)["devices"][device]["listen"]
+        return "http://" + listen.removeprefix("tcp:")
+
+    @cached_property
+    def prometheus_url(self) -> str:
+        return self.published("monitor", "prometheus")
+
+    @cached_property
+    def alertmanager_url(self) -> str:
+        return self.published("monitor", "alertmanager")
+
     @cached_property
     def tokens(self) -> dict[str, str]:
         """API client -> its bearer token (the vault's api-tokens.yml)."""

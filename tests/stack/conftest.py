@@ -21,7 +21,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from stacklib import STACK_SH, OrderLoad, Stack, recap_changed, wait_until_confirmed
+from stacklib import STACK_SH, OrderLoad, Stack, recap_changed, wait_for, wait_until_confirmed
 
 STACK = os.environ.get("FF_STACK", "ff-test")
 PORT = int(os.environ.get("FF_HTTP_PORT", "8091"))
@@ -37,6 +37,7 @@ psql = driver.psql
 vault_view = driver.vault_view
 inventory_dir = driver.inventory_dir
 inventory_hosts = driver.inventory_hosts
+inventory_groups = driver.groups
 
 __all__ = [
     "LOG_DIR",
@@ -44,6 +45,7 @@ __all__ = [
     "OrderLoad",
     "instance",
     "inventory_dir",
+    "inventory_groups",
     "inventory_hosts",
     "lxc",
     "playbook",
@@ -51,6 +53,7 @@ __all__ = [
     "recap_changed",
     "run",
     "vault_view",
+    "wait_for",
     "wait_until_confirmed",
 ]
 
