@@ -4,6 +4,7 @@ firing and staying quiet, and the console template renders in a real Prometheus.
 from __future__ import annotations
 
 import http.client
+import json
 import math
 import re
 import shutil
@@ -334,23 +335,33 @@ def _chromium(url: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("console", CONSOLE_NAMES)
 def test_console_graphs_draw(prometheus, console):
-    """Every PromConsole.Graph of the page draws a line: the graph libraries Prometheus serves
-    (Debian's rickshaw and d3) load, and each expression returns data."""
+    """Every PromConsole.Graph of the page draws a line for each of its expressions: the graph
+    libraries Prometheus serves (Debian's rickshaw and d3) load, and every expression returns
+    data."""
     port, _ = prometheus
     url = f"http://127.0.0.1:{port}/consoles/{console}"
-    graphs = re.findall(
-        r'<div id="(\w+)"></div>\s*<script>\s*new PromConsole.Graph',
-        _get(port, f"/consoles/{console}")[1],
-    )
-    assert graphs, "no graph on the page"
+    html = _get(port, f"/consoles/{console}")[1]
+    graphs = {
+        node: len(exprs) if isinstance(exprs, list) else 1
+        for node, exprs in (
+            (node, json.loads(exprs))
+            for node, exprs in re.findall(
+                r'<div id="(\w+)"></div>\s*<script>\s*new PromConsole.Graph\(\{[^}]*?'
+                r"expr: (\[.*?\]|\".*?\"),\n",
+                html,
+            )
+        )
+    }
+    assert graphs and len(graphs) == html.count("new PromConsole.Graph("), graphs
     result = _chromium(url, "--dump-dom")
     assert result.returncode == 0, result.stderr
     dom = result.stdout
-    for graph in graphs:
+    for graph, exprs in graphs.items():
         start = dom.index(f'<div id="{graph}">')
         drawn = dom[start : dom.index('class="prom_graph_xtitle"', start)]
         assert "prom_graph_error" not in drawn, f"{graph}: {drawn}"
-        assert re.search(r'<path class="path" d="M[\d.]+,', drawn), f"{graph} drew no line"
+        lines = len(re.findall(r'<path class="path" d="M[\d.]+,', drawn))
+        assert lines >= exprs, f"{graph}: {lines} lines for {exprs} expressions"
 
 
 @pytest.mark.parametrize("console", CONSOLE_NAMES)
