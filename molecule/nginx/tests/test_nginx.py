@@ -1,7 +1,8 @@
 """Behaviour of the nginx role: requests through the load balancer reach both
-app hosts, a dead or drained upstream is skipped, limits and headers hold, the
-ops endpoints and internal headers stay with the monitoring network, the
-service is sandboxed, HTTPS is served with a certificate issued and renewed
+app hosts with a request id and a W3C traceparent (also logged, in a file and the
+journal), stub_status answers on loopback only, a dead or drained upstream is skipped,
+limits and headers hold, the ops endpoints and internal headers stay with the monitoring
+network, the service is sandboxed, HTTPS is served with a certificate issued and renewed
 over ACME (pebble), a deploy's drain touches the upstream file alone, and bad
 variables are refused. Tests run in file order; the disruptive ones last.
 
@@ -184,6 +185,95 @@ def test_malformed_request_id_replaced():
         if line.startswith("X-Request-ID")
     )
     assert len(request_id) == 32 and all(c in "0123456789abcdef" for c in request_id), request_id
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+def echoed(headers=()):
+    """One request to the stub's /echo: the headers the app host received ({name: [values]}),
+    the response's headers and the access log line."""
+    status, response_headers, body = request("/echo", headers=headers)
+    assert status == 200, diagnostics()
+    received = {name.lower(): values for name, values in json.loads(body).items()}
+    return received, response_headers, last_log_entry()
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "flags"),
+    [
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-00", "00"),
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-01", "01"),
+        # A later version is read as far as version 00 goes, and sent on as 00.
+        (f"cc-{TRACE_ID}-{CLIENT_SPAN}-01-later-fields", "01"),
+    ],
+)
+def test_valid_traceparent_continues_its_trace(traceparent, flags):
+    """The app gets the client's trace id and flags, with nginx's span as the parent, and the
+    client's tracestate; the access log names the trace and nginx's span."""
+    received, headers, entry = echoed([f"traceparent: {traceparent}", "tracestate: ff=t61rcWkgMzE"])
+    (sent,) = received["traceparent"]
+    version, trace_id, parent_id, sent_flags = sent.split("-")
+    assert (version, trace_id, sent_flags) == ("00", TRACE_ID, flags), sent
+    # nginx's span: the end of its request id, which it returns when the client sent none.
+    assert parent_id == headers["x-request-id"][-16:] != CLIENT_SPAN
+    assert received["tracestate"] == ["ff=t61rcWkgMzE"]
+    assert (entry["request_id"], entry["trace_id"], entry["span_id"]) == (
+        headers["x-request-id"],
+        TRACE_ID,
+        parent_id,
+    )
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        None,
+        f"00-{TRACE_ID.upper()}-{CLIENT_SPAN}-01",
+        f"00-{'0' * 32}-{CLIENT_SPAN}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"ff-{TRACE_ID}-{CLIENT_SPAN}-01",
+        f"00-{TRACE_ID}-{CLIENT_SPAN}-01-extra",
+        f"00-{TRACE_ID[:-1]}-{CLIENT_SPAN}-01",
+        "garbage",
+    ],
+    ids=[
+        "missing",
+        "uppercase",
+        "zero trace id",
+        "zero parent id",
+        "version ff",
+        "00 with more",
+        "short trace id",
+        "garbage",
+    ],
+)
+def test_missing_or_malformed_traceparent_starts_a_trace(traceparent):
+    """Never passed on: nginx starts a sampled trace whose id is its request id, and drops the
+    tracestate that belonged to the refused one."""
+    sent_headers = ["tracestate: ff=stale"] + (
+        [f"traceparent: {traceparent}"] if traceparent else []
+    )
+    received, headers, entry = echoed(sent_headers)
+    request_id = headers["x-request-id"]
+    assert received["traceparent"] == [f"00-{request_id}-{request_id[-16:]}-01"], received
+    assert "tracestate" not in received, received
+    assert (entry["trace_id"], entry["span_id"]) == (request_id, request_id[-16:])
+
+
+def test_access_log_line_reaches_the_journal():
+    """The access log goes to the journal too (identifier nginx), whence the central log."""
+    request(
+        "/", headers=["X-Request-ID: ff-journal-7", f"traceparent: 00-{TRACE_ID}-{CLIENT_SPAN}-01"]
+    )
+    found = LB.run(
+        "for i in $(seq 20); do journalctl -t nginx -o cat --no-pager | grep -F ff-journal-7"
+        " && exit 0; sleep 0.5; done; exit 1"
+    )
+    assert found.rc == 0, LB.run("journalctl -t nginx -n 5 --no-pager").stdout + diagnostics()
+    entry = json.loads(found.stdout.splitlines()[-1])
+    assert (entry["request_id"], entry["trace_id"]) == ("ff-journal-7", TRACE_ID)
 
 
 def test_gzip():
