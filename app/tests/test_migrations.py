@@ -140,7 +140,7 @@ def test_worker_migration_makes_earlier_orders_final(cluster, fresh_database):
                 " INSERT INTO schema_migrations VALUES ('0001_shop'), ('0002_order_owners');"
                 " INSERT INTO orders (owner, total_cents) VALUES ('shop', 1), ('shop', 2);"
             )
-        assert migrations.upgrade(owner_url) == ["0003_worker"]
+        assert migrations.upgrade(owner_url) == LATEST[2:]  # 0003_worker and those after it
         with conn.cursor() as cur:
             cur.execute("INSERT INTO orders (owner, total_cents) VALUES ('shop', 3)")
             cur.execute("SELECT status, confirmed_at FROM orders ORDER BY id")

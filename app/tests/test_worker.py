@@ -2,6 +2,7 @@
 confirmed exactly once through the outbox, the relay, redelivery after a killed worker,
 retries and dead letters, expiry under concurrency, and the request id in task logs."""
 
+import json
 import signal
 import threading
 import time
@@ -109,6 +110,107 @@ def test_task_logs_carry_the_request_id(client, product, cluster, start_worker):
         ),
         what="Celery's line about the task",
     )
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+
+
+def traced_task_lines(worker, order_id: str) -> list[dict]:
+    """Every line the worker wrote while running the order's confirmation (those carrying its
+    task id), once the task has logged its outcome."""
+    (task_id,) = wait_for(
+        lambda: {
+            line["task_id"]
+            for line in worker.log_lines()
+            if line.get("message") == "order confirmation" and line.get("order_id") == order_id
+        },
+        what="the task's log line",
+    )
+    # Celery's line about the task's end comes a moment after the task's own.
+    return wait_for(
+        lambda: (
+            (lines := [line for line in worker.log_lines() if line.get("task_id") == task_id])
+            and any(line.get("logger") == "celery.app.trace" for line in lines)
+            and lines
+        ),
+        what="Celery's line about the task",
+    )
+
+
+def assert_child_of(lines: list[dict], request_id: str, request_span: str) -> None:
+    """Each line carries the request's id and trace, and one span: the run's, whose parent
+    is the request's span."""
+    for line in lines:
+        assert line["request_id"] == request_id, line
+        assert line["trace_id"] == TRACE_ID, line
+        assert line["parent_span_id"] == request_span, line
+    (span,) = {line["span_id"] for line in lines}
+    assert len(span) == 16 and span not in (request_span, CLIENT_SPAN)
+
+
+def test_task_logs_carry_the_trace_as_a_child_of_the_request(
+    client, product, cluster, start_worker
+):
+    worker = start_worker()
+    item = product(sku="TRACE-CHILD")
+    order = place(client, item["id"], **{"X-Request-ID": "req-w3c", "traceparent": TRACEPARENT})
+    # The outbox row names the request's span (a child of the client's) as the task's parent.
+    ((stored,),) = cluster.primary.query("SELECT traceparent FROM outbox")
+    version, trace_id, request_span, flags = stored.split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+    assert len(request_span) == 16 and request_span != CLIENT_SPAN
+    wait_confirmed(cluster, order["id"])
+    assert_child_of(traced_task_lines(worker, order["id"]), "req-w3c", request_span)
+
+
+def test_the_relay_carries_the_trace(
+    client, product, cluster, queue_server, start_worker, start_beat, capfd
+):
+    item = product(sku="TRACE-RELAY")
+    capfd.readouterr()
+    queue_server.stop()
+    try:
+        order = place(
+            client, item["id"], **{"X-Request-ID": "req-relayed", "traceparent": TRACEPARENT}
+        )
+    finally:
+        queue_server.start()
+    app_lines = [
+        json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    (warning,) = [
+        line
+        for line in app_lines
+        if line.get("message") == "could not publish a task, the relay will"
+    ]
+    assert (warning["request_id"], warning["trace_id"], warning["parent_span_id"]) == (
+        "req-relayed",
+        TRACE_ID,
+        CLIENT_SPAN,
+    )
+    worker = start_worker()
+    start_beat()
+    wait_confirmed(cluster, order["id"], timeout=30)
+    assert any(line.get("message") == "relayed unsent tasks" for line in worker.log_lines())
+    assert_child_of(traced_task_lines(worker, order["id"]), "req-relayed", warning["span_id"])
+
+
+def test_periodic_tasks_start_a_trace_of_their_own(app, cluster, start_worker):
+    worker = start_worker()
+    app.extensions["flaskfleet"].celery.send_task(RELEASE_EXPIRED_ORDERS)
+    lines = wait_for(
+        lambda: [
+            line
+            for line in worker.log_lines()
+            if line.get("task") == RELEASE_EXPIRED_ORDERS and line.get("task_id")
+        ],
+        what="the periodic task's log lines",
+    )
+    for line in lines:
+        assert len(line["trace_id"]) == 32 and len(line["span_id"]) == 16, line
+        assert "parent_span_id" not in line and "request_id" not in line, line
 
 
 def test_a_task_delivered_twice_confirms_once(app, client, product, cluster, start_worker):

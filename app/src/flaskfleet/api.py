@@ -203,7 +203,11 @@ def place_order() -> Response:
     def statement(conn):
         status, body, replayed = shop.place_order(conn, order, g.client.name, key, request_hash)
         # The confirmation task commits with the order, or neither does.
-        task = None if replayed else jobs.add(conn, CONFIRM_ORDER, [body["id"]], g.request_id)
+        task = (
+            None
+            if replayed
+            else jobs.add(conn, CONFIRM_ORDER, [body["id"]], g.request_id, g.trace.traceparent)
+        )
         return status, body, task
 
     (status, body, task), lsn = services.db.write(statement)
@@ -255,7 +259,7 @@ def request_sales_report() -> Response:
 
     def statement(conn):
         job = jobs.create_job(conn, g.client.name, "sales_report", params)
-        return job, jobs.add(conn, SALES_REPORT, [job["id"]], g.request_id)
+        return job, jobs.add(conn, SALES_REPORT, [job["id"]], g.request_id, g.trace.traceparent)
 
     (job, task), lsn = services.db.write(statement)
     jobs.publish_committed(services, task)

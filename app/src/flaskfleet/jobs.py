@@ -24,13 +24,15 @@ from flask.cli import AppGroup
 from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
 
-from flaskfleet import metrics
+from flaskfleet import metrics, tracing
 
 log = logging.getLogger(__name__)
 
 # Task message headers: the request that caused the task (its id goes into the task's log
-# lines), when it was published (queue wait metric), and its first failure (dead letters).
+# lines), the W3C traceparent whose span (the request's) is the parent of the task's, when it
+# was published (queue wait metric), and its first failure (dead letters).
 REQUEST_ID_HEADER = "flaskfleet_request_id"
+TRACEPARENT_HEADER = tracing.HEADER
 PUBLISHED_AT_HEADER = "flaskfleet_published_at"
 FIRST_FAILED_AT_HEADER = "flaskfleet_first_failed_at"
 
@@ -46,29 +48,30 @@ class OutboxRow:
     task: str
     args: list[Any]
     request_id: str | None
+    # The traceparent naming the span that caused the task (the request's) as its parent.
+    traceparent: str | None = None
 
 
-def add(conn, task: str, args: list[Any], request_id: str | None) -> OutboxRow:
+def add(
+    conn, task: str, args: list[Any], request_id: str | None, traceparent: str | None
+) -> OutboxRow:
     """Record a task to publish, in the caller's transaction."""
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO outbox (task, args, request_id) VALUES (%s, %s, %s)"
+            "INSERT INTO outbox (task, args, request_id, traceparent) VALUES (%s, %s, %s, %s)"
             " RETURNING id, task_id::text",
-            (task, json.dumps(args), request_id),
+            (task, json.dumps(args), request_id, traceparent),
         )
         outbox_id, task_id = cur.fetchone()
-    return OutboxRow(outbox_id, task_id, task, args, request_id)
+    return OutboxRow(outbox_id, task_id, task, args, request_id, traceparent)
 
 
 def publish(celery, row: OutboxRow) -> None:
     """Send the task to the queue, once: the caller decides what a failure means."""
-    celery.send_task(
-        row.task,
-        args=row.args,
-        task_id=row.task_id,
-        headers={REQUEST_ID_HEADER: row.request_id, PUBLISHED_AT_HEADER: time.time()},
-        retry=False,
-    )
+    headers = {REQUEST_ID_HEADER: row.request_id, PUBLISHED_AT_HEADER: time.time()}
+    if row.traceparent:
+        headers[TRACEPARENT_HEADER] = row.traceparent
+    celery.send_task(row.task, args=row.args, task_id=row.task_id, headers=headers, retry=False)
 
 
 def _mark_sent(conn, outbox_ids: list[int]) -> None:
@@ -115,7 +118,7 @@ def relay(services) -> int:
         nonlocal failure
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT id, task_id::text, task, args, request_id FROM outbox"
+                "SELECT id, task_id::text, task, args, request_id, traceparent FROM outbox"
                 " WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => %s)"
                 " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (RELAY_GRACE_SECONDS, RELAY_BATCH),
@@ -223,16 +226,26 @@ def record_dead_letter(
     task: str,
     args: list[Any],
     request_id: str | None,
+    traceparent: str | None,
     error: str,
     attempts: int,
     first_failed_at: float,
 ) -> int:
     with conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO dead_letters (task_id, task, args, request_id, error, attempts,"
-            " first_failed_at, last_failed_at) VALUES (%s, %s, %s, %s, %s, %s, to_timestamp(%s),"
-            " now()) RETURNING id",
-            (task_id, task, json.dumps(args), request_id, error, attempts, first_failed_at),
+            "INSERT INTO dead_letters (task_id, task, args, request_id, traceparent, error,"
+            " attempts, first_failed_at, last_failed_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), now()) RETURNING id",
+            (
+                task_id,
+                task,
+                json.dumps(args),
+                request_id,
+                traceparent,
+                error,
+                attempts,
+                first_failed_at,
+            ),
         )
         return cur.fetchone()[0]
 
@@ -241,7 +254,7 @@ def list_dead_letters(conn, include_requeued: bool) -> list[dict[str, Any]]:
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
             "SELECT id, task, args, error, attempts, first_failed_at, last_failed_at, requeued_at,"
-            " task_id, request_id FROM dead_letters"
+            " task_id, request_id, traceparent FROM dead_letters"
             " WHERE %s OR requeued_at IS NULL ORDER BY id",
             (include_requeued,),
         )
@@ -253,19 +266,19 @@ class NotRequeueable(Exception):
 
 
 def requeue(conn, dead_letter_id: int) -> OutboxRow:
-    """Put a dead letter's task back into the outbox (a new task id, the same arguments and
-    originating request) and mark the letter requeued, in one transaction."""
+    """Put a dead letter's task back into the outbox (a new task id, the same arguments,
+    originating request and trace) and mark the letter requeued, in one transaction."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE dead_letters SET requeued_at = now()"
-            " WHERE id = %s AND requeued_at IS NULL RETURNING task, args, request_id",
+            " WHERE id = %s AND requeued_at IS NULL RETURNING task, args, request_id, traceparent",
             (dead_letter_id,),
         )
         row = cur.fetchone()
     if row is None:
         raise NotRequeueable(f"dead letter {dead_letter_id} does not exist or was requeued already")
-    task, args, request_id = row
-    return add(conn, task, args, request_id)
+    task, args, request_id, traceparent = row
+    return add(conn, task, args, request_id, traceparent)
 
 
 tasks_cli = AppGroup("tasks", help="The worker tier's dead-letter store.")

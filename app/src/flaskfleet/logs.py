@@ -1,5 +1,6 @@
-"""JSON log lines, each carrying the id of the request that caused it: in the app the request
-being served, in a worker the request that caused the task (set by flaskfleet.worker)."""
+"""JSON log lines, each carrying the id of the request that caused it and the W3C trace
+context (trace_id, span_id, parent_span_id; flaskfleet.tracing): in the app the request being
+served, in a worker the task, whose span is a child of the request's (set by flaskfleet.worker)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime"}
 )
 
-# Fields of the task a worker process is running (task, task_id, request_id), if any.
+# Fields of the task a worker process is running (task, task_id, request_id, trace_id, span_id,
+# parent_span_id), if any.
 task_fields: ContextVar[dict[str, Any] | None] = ContextVar("flaskfleet_task_fields", default=None)
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, authenticated client
-    and extra fields."""
+    """One JSON object per line: time, level, logger, message, request id, trace context,
+    authenticated client and extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -35,6 +37,8 @@ class JsonFormatter(logging.Formatter):
         if has_request_context():
             if "request_id" in g:
                 entry["request_id"] = g.request_id
+            if "trace" in g:
+                entry.update(g.trace.log_fields())
             if g.get("client") is not None:
                 entry["client"] = g.client.name
         entry.update(task_fields.get() or {})

@@ -113,6 +113,7 @@ class FlaskfleetTask(Task):
                     task=self.name,
                     args=args,
                     request_id=headers.get(jobs.REQUEST_ID_HEADER),
+                    traceparent=headers.get(jobs.TRACEPARENT_HEADER),
                     error=repr(exc),
                     attempts=attempt,
                     first_failed_at=first_failed_at,

@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pydantic import BaseModel, ValidationError
 
-from flaskfleet import metrics
+from flaskfleet import metrics, tracing
 from flaskfleet.config import ApiClient, Scope
 from flaskfleet.db import LSN_PATTERN
 from flaskfleet.errors import APIError, validation_error
@@ -41,6 +41,9 @@ def register(app: Flask) -> None:
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        # This request's span, a child of the sender's (nginx's); a missing or malformed
+        # traceparent starts a new trace rather than being passed on.
+        g.trace = tracing.continue_from(request.headers.get(tracing.HEADER))
         g.started = time.perf_counter()
 
     @app.before_request

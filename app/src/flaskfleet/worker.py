@@ -4,8 +4,8 @@
     celery --app flaskfleet.worker beat
 
 Importing this module builds the worker's Celery app (`celery`) and connects the worker's
-signal handlers: JSON logs carrying the id of the request that caused each task, task metrics,
-and the Prometheus endpoint its main process serves on FLASKFLEET_WORKER_METRICS_PORT
+signal handlers: JSON logs carrying the id and the trace of the request that caused each task,
+task metrics, and the Prometheus endpoint its main process serves on FLASKFLEET_WORKER_METRICS_PORT
 (0 = off) with the metrics of every pool process (PROMETHEUS_MULTIPROC_DIR must be set) plus
 the queue's depth and the outbox's and dead-letter store's backlogs, read at scrape time.
 """
@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from flaskfleet import build_services, jobs, logs, metrics
+from flaskfleet import build_services, jobs, logs, metrics, tracing
 from flaskfleet.config import Settings, unknown_variables
 from flaskfleet.tasks import KEY_PREFIX, QUEUE
 
@@ -58,6 +58,11 @@ def _task_started(task_id: str, task, **_kwargs) -> None:
     fields = {"task": task.name, "task_id": task_id, "retries": task.request.retries}
     if headers.get(jobs.REQUEST_ID_HEADER):
         fields["request_id"] = headers[jobs.REQUEST_ID_HEADER]
+    # This run's span, a child of the request's; a task without a valid traceparent (a
+    # periodic one) starts a trace of its own.
+    traceparent = headers.get(jobs.TRACEPARENT_HEADER)
+    trace = tracing.continue_from(traceparent if isinstance(traceparent, str) else None)
+    fields |= trace.log_fields()
     logs.task_fields.set(fields)
     published_at = headers.get(jobs.PUBLISHED_AT_HEADER)
     if isinstance(published_at, int | float):
