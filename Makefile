@@ -78,6 +78,12 @@ loadtest: ## Locust's browsers, buyers and admin against a running stack: loadte
 	@bash scripts/loadtest.sh --users '$(LOADTEST_USERS)' --spawn-rate '$(LOADTEST_SPAWN_RATE)' \
 	  --time '$(LOADTEST_TIME)' --label '$(LOADTEST_LABEL)'
 
+# One request's lines from every host's journal, as the monitor collects them
+# (the journal role), oldest first: make logs REQUEST_ID=<id> [FF_STACK=<name>].
+.PHONY: logs
+logs: ## Every host's log lines about one request, oldest first: make logs REQUEST_ID=<id>
+	@bash scripts/logs.sh "$${REQUEST_ID:-}"
+
 release: setup ## Build the app's release archive: make release [RELEASE=<name>] -> dist/flaskfleet-<name>.tar
 	@bash scripts/release.sh '$(RELEASE)'
 
