@@ -242,7 +242,7 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
 
 def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
     """What differs per tier: the instance type (instance_types, postgres for
-    both database tiers), a 20 GiB root volume for the databases (10 else), the
+    both database tiers), a 20 GiB root volume for the monitor (10 else), the
     subnet (the lb public; queue and replica in the second zone, app and worker
     nodes alternating) and an Elastic IP for the lb alone."""
     name = stack["name"]
@@ -285,10 +285,58 @@ def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
         "worker-2": ("t3.small", 10, "private", b, False),
         "redis": ("t3.small", 10, "private", a, False),
         "queue": ("t3.small", 10, "private", b, False),
-        "postgres-primary": ("t3.medium", 20, "private", a, False),
-        "postgres-replica": ("t3.medium", 20, "private", b, False),
+        "postgres-primary": ("t3.medium", 10, "private", a, False),
+        "postgres-replica": ("t3.medium", 10, "private", b, False),
         "monitor": ("t3.small", 20, "private", a, False),
     }
+
+
+def test_each_database_keeps_its_data_on_a_protected_volume_of_its_own(stack, ec2):
+    """The databases' PGDATA volume: encrypted, 20 GiB, in the instance's zone, attached as
+    /dev/sdf, its ID in the inventory (the role mounts it by that ID); termination
+    protection asked for the database instances; no other tier gets either."""
+    name = stack["name"]
+    children = stack["inventory"]["all"]["children"]
+    databases = {f"{name}-postgres-primary", f"{name}-postgres-replica"}
+    for group, spec in children.items():
+        for host, host_vars in (spec.get("hosts") or {}).items():
+            assert ("data_volume_id" in host_vars) == (host in databases), (group, host)
+    for host in databases:
+        host_vars = children[host.removeprefix(f"{name}-").replace("-", "_")]["hosts"][host]
+        volume = ec2.describe_volumes(VolumeIds=[host_vars["data_volume_id"]])["Volumes"][0]
+        assert (volume["Size"], volume["Encrypted"], volume["VolumeType"]) == (20, True, "gp3")
+        (attachment,) = volume["Attachments"]
+        assert attachment["Device"] == "/dev/sdf"
+        instance = ec2.describe_instances(InstanceIds=[attachment["InstanceId"]])
+        instance = instance["Reservations"][0]["Instances"][0]
+        assert volume["AvailabilityZone"] == instance["Placement"]["AvailabilityZone"]
+    # moto's RunInstances ignores DisableApiTermination (it reports false whatever was
+    # asked), so the protection is read from what a plan asks EC2 for.
+    tofu = stack["tofu"]
+    tofu("plan", "-input=false", "-out=protection.tfplan", *stack["vars"])
+    plan = json.loads(tofu("show", "-json", "protection.tfplan").stdout)
+    state = plan["planned_values"]["root_module"]
+    protected = {
+        resource["values"]["tags"]["Name"]: resource["values"]["disable_api_termination"]
+        for module in state["child_modules"]
+        for resource in module["resources"]
+        if resource["type"] == "aws_instance"
+    }
+    assert {host for host, on in protected.items() if on} == databases, protected
+
+
+def test_a_newer_ami_replaces_no_instance(stack, ec2):
+    """A new Debian image (here: another AMI than the stack's) plans no change to any
+    running instance, least of all the databases: the AMI is read at creation only."""
+    tofu = stack["tofu"]
+    unchanged = planned_changes(tofu, *stack["vars"])
+    current = next(v for v in stack["vars"] if v.startswith("ami_id="))
+    newer = next(
+        image["ImageId"]
+        for image in ec2.describe_images(Owners=["amazon"])["Images"]
+        if f"ami_id={image['ImageId']}" != current
+    )
+    assert planned_changes(tofu, *stack["vars"], "-var", f"ami_id={newer}") == unchanged
 
 
 def test_security_groups_allow_only_the_designed_flows(stack, ec2):
@@ -517,8 +565,12 @@ def test_removing_a_worker_touches_no_other_and_zero_workers_is_a_valid_stack(st
 
 
 def test_destroy_removes_everything(stack, ec2):
+    """Decommissioning as README.md says: an apply that lifts the databases' termination
+    protection, then destroy."""
     tofu = stack["tofu"]
-    tofu("destroy", "-auto-approve", "-input=false", *stack["vars"], timeout=600)
+    unprotected = [*stack["vars"], "-var", "database_termination_protection=false"]
+    tofu("apply", "-auto-approve", "-input=false", *unprotected, timeout=600)
+    tofu("destroy", "-auto-approve", "-input=false", *unprotected, timeout=600)
     assert tofu("state", "list", check=False).stdout.strip() == ""
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [stack["name"]]}])["Vpcs"]
     assert vpcs == []

@@ -47,14 +47,16 @@ locals {
     worker = {
       instances = { for index in range(var.worker_count) : "${var.name}-worker-${index + 1}" => local.private_subnet_ids[index % length(local.private_subnet_ids)] }
     }
+    # The databases keep PGDATA on a data volume of their own and are
+    # protected from termination (var.database_termination_protection).
     postgres_primary = {
       instances     = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
-      instance_type = "postgres", root_volume_size = 20
+      instance_type = "postgres", stateful = true
     }
     # The replica sits in the second zone: losing a zone leaves one copy.
     postgres_replica = {
       instances     = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
-      instance_type = "postgres", root_volume_size = 20
+      instance_type = "postgres", stateful = true
     }
     # Prometheus' TSDB and every host's journal (systemd-journal-remote) need
     # the room; both have retention limits below 20 GiB.
@@ -91,15 +93,17 @@ module "tier" {
   source   = "../../modules/aws-instances"
   for_each = local.tiers
 
-  instances           = each.value.instances
-  ami_id              = local.ami_id
-  instance_type       = var.instance_types[try(each.value.instance_type, each.key)]
-  security_group_ids  = [module.security.security_group_ids[each.key]]
-  key_name            = aws_key_pair.admin.key_name
-  detailed_monitoring = var.detailed_monitoring
-  tags                = local.tags
-  public              = try(each.value.public, false)
-  root_volume_size    = try(each.value.root_volume_size, 10)
+  instances              = each.value.instances
+  ami_id                 = local.ami_id
+  instance_type          = var.instance_types[try(each.value.instance_type, each.key)]
+  security_group_ids     = [module.security.security_group_ids[each.key]]
+  key_name               = aws_key_pair.admin.key_name
+  detailed_monitoring    = var.detailed_monitoring
+  tags                   = local.tags
+  public                 = try(each.value.public, false)
+  root_volume_size       = try(each.value.root_volume_size, 10)
+  data_volume_size       = try(each.value.stateful, false) ? var.database_volume_size : 0
+  termination_protection = try(each.value.stateful, false) && var.database_termination_protection
 }
 
 # Ansible connects over SSH as Debian's cloud user `admin`: straight to the
@@ -111,7 +115,12 @@ module "inventory" {
   # A public tier's hosts at their Elastic IP, every other at its private address.
   groups = {
     for tier, instances in module.tier : tier => [
-      for host in instances.hosts : { name = host.name, ansible_host = coalesce(host.public_ip, host.private_ip), private_ip = host.private_ip }
+      for host in instances.hosts : {
+        name           = host.name
+        ansible_host   = coalesce(host.public_ip, host.private_ip)
+        private_ip     = host.private_ip
+        data_volume_id = host.data_volume_id
+      }
     ]
   }
 

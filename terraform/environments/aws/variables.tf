@@ -161,6 +161,23 @@ variable "detailed_monitoring" {
   default     = true
 }
 
+variable "database_volume_size" {
+  description = "Size in GiB of each database instance's data volume (encrypted gp3, PGDATA), which is kept apart from the instance's root volume."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.database_volume_size >= 1 && var.database_volume_size <= 16384 && floor(var.database_volume_size) == var.database_volume_size
+    error_message = "The database volume size must be a whole number of GiB from 1 to 16384."
+  }
+}
+
+variable "database_termination_protection" {
+  description = "Whether EC2 refuses to terminate the database instances. Decommissioning the stack is two steps: an apply with this false, then destroy."
+  type        = bool
+  default     = true
+}
+
 variable "instance_types" {
   description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres, monitor."
   type = object({

@@ -80,7 +80,7 @@ module "inventory" {
 
   groups = {
     for tier, instances in module.tier : tier => [
-      for host in instances.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip }
+      for host in instances.hosts : { name = host.name, ansible_host = host.private_ip, private_ip = host.private_ip, data_volume_id = null }
     ]
   }
 

@@ -77,6 +77,23 @@ variable "root_volume_size" {
   }
 }
 
+variable "data_volume_size" {
+  description = "Size in GiB of each instance's own encrypted data volume (gp3, attached as /dev/sdf); 0 gives none."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.data_volume_size == 0 || (var.data_volume_size >= 1 && var.data_volume_size <= 16384 && floor(var.data_volume_size) == var.data_volume_size)
+    error_message = "The data volume size is 0 (none) or a whole number of GiB from 1 to 16384."
+  }
+}
+
+variable "termination_protection" {
+  description = "Whether EC2 refuses to terminate the instances (and so `tofu destroy` fails) until an apply turns it off."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags added to the instances and their volumes (Elastic IPs stay untagged, see main.tf)."
   type        = map(string)

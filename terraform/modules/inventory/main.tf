@@ -10,10 +10,11 @@ locals {
         {
           for group, hosts in var.groups : group => {
             hosts = {
-              for host in hosts : host.name => {
-                ansible_host = host.ansible_host
-                private_ip   = host.private_ip
-              }
+              # data_volume_id only where there is one.
+              for host in hosts : host.name => merge(
+                { ansible_host = host.ansible_host, private_ip = host.private_ip },
+                host.data_volume_id == null ? {} : { data_volume_id = host.data_volume_id },
+              )
             }
           }
         },

@@ -1,9 +1,10 @@
 variable "groups" {
-  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor, each a list of hosts with the name Ansible knows them by, the address Ansible connects to and the private address services bind to."
+  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor, each a list of hosts with the name Ansible knows them by, the address Ansible connects to, the private address services bind to, and the ID of its data volume (null: none, the data lives on the root file system)."
   type = map(list(object({
-    name         = string
-    ansible_host = string
-    private_ip   = string
+    name           = string
+    ansible_host   = string
+    private_ip     = string
+    data_volume_id = string
   })))
 
   validation {
