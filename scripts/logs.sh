@@ -21,13 +21,19 @@ command -v lxc >/dev/null || die "no lxc on this machine: make logs reads a loca
 lxc info "$monitor" >/dev/null 2>&1 ||
   die "no instance $monitor: is the stack '$stack' up (make up, or FF_STACK=<name>) with its monitor tier?"
 
-# --grep is a PCRE: the id's dots stand for themselves. --merge interleaves
-# the hosts' journals by time; short-iso puts the host second, moved first.
-pattern=${request_id//./\\.}
+lxc exec "$monitor" -- test -d "$remote_dir" ||
+  die "no $remote_dir on $monitor: the journal role has not run there"
+
+# --grep is a PCRE: the id's dots stand for themselves, and it must not be
+# part of a longer id. --merge interleaves the hosts' journals by time;
+# short-iso puts the host second, moved first. journalctl exits 1 when
+# nothing matches.
+pattern="(?<![A-Za-z0-9._-])${request_id//./\\.}(?![A-Za-z0-9._-])"
+status=0
 lines=$(lxc exec "$monitor" -- journalctl --directory="$remote_dir" --merge --quiet --no-pager \
-  --output=short-iso --case-sensitive=true --grep="$pattern") ||
-  die "journalctl on $monitor failed (is the journal role applied there? $remote_dir)"
+  --output=short-iso --case-sensitive=true --grep="$pattern") || status=$?
 if [ -z "$lines" ]; then
+  [ "$status" -le 1 ] || die "journalctl on $monitor failed (exit $status)"
   echo "no lines about request $request_id on any host of $stack" >&2
   exit 1
 fi

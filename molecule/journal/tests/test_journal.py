@@ -4,10 +4,20 @@ server speaks TLS with a certificate of the stack's CA, and its port admits only
 sandboxed units; retention runs; bad variables refused before any change."""
 
 import json
+import os
+import subprocess
 import uuid
 
 import pytest
-from conftest import eventually, exposure, fails_in_validation, host, journal, private_ip
+from conftest import (
+    PROJECT_DIR,
+    eventually,
+    exposure,
+    fails_in_validation,
+    host,
+    journal,
+    private_ip,
+)
 
 MONITOR = host("journal-monitor")
 APP = host("journal-app1")
@@ -16,6 +26,15 @@ PORT = 19532
 REMOTE_DIR = "/var/log/journal/remote"
 CA = "/etc/flaskfleet/tls/ca.crt"
 MAX_EXPOSURE = 3.0
+# `make logs` reaches <stack>-monitor with `lxc exec`; here the stack is
+# "journal" and its monitor a container: this stand-in for lxc goes by docker.
+LXC_SHIM = """#!/bin/sh
+case "$1" in
+  info) exec docker inspect "$2" >/dev/null ;;
+  exec) name=$2; shift 3; exec docker exec "$name" "$@" ;;
+esac
+exit 1
+"""
 # Settings with which the role passes validation on the validation-only host.
 VALID = {
     "journal_server_group": "ungrouped",
@@ -84,6 +103,60 @@ def test_upload_continues_after_journal_remote_restarts():
     MONITOR.check_output("systemctl restart systemd-journal-remote")
     marker = log_line(APP)
     assert arrives(marker, timeout=90), state()
+
+
+@pytest.fixture(scope="module")
+def logs_command(tmp_path_factory):
+    shim = tmp_path_factory.mktemp("lxc") / "lxc"
+    shim.write_text(LXC_SHIM)
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}", "FF_STACK": "journal"}
+
+    def logs(request_id):
+        return subprocess.run(
+            ["bash", str(PROJECT_DIR / "scripts" / "logs.sh"), request_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return logs
+
+
+def test_make_logs_prints_one_requests_lines_from_every_host(logs_command):
+    request_id = f"req.{uuid.uuid4().hex[:12]}-x"
+    APP.check_output(f"logger -t fftest 'GET /api/v1/products request_id={request_id}'")
+    MONITOR.check_output(f"logger -t fftest 'alert for request_id={request_id}'")
+    # A longer id that starts with this one is another request.
+    APP.check_output(f"logger -t fftest 'request_id={request_id}9'")
+    assert arrives(request_id), state()
+
+    def two_lines():
+        result = logs_command(request_id)
+        return result if len(result.stdout.splitlines()) >= 2 else None
+
+    result = eventually(two_lines, timeout=60, interval=3)
+    assert result and result.returncode == 0, logs_command(request_id)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert sorted(line.split()[0] for line in lines) == ["journal-app1", "journal-monitor"], lines
+    times = [line.split()[1] for line in lines]
+    assert times == sorted(times), lines
+
+
+@pytest.mark.parametrize("request_id", ["", "a b", "x" * 129, "id;rm", "ü"])
+def test_make_logs_refuses_a_malformed_id(logs_command, request_id):
+    result = logs_command(request_id)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: make logs REQUEST_ID=<id>" in result.stderr
+
+
+def test_make_logs_says_when_nothing_matches(logs_command):
+    result = logs_command(f"absent-{uuid.uuid4().hex}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no lines about request" in result.stderr
 
 
 def test_listens_on_the_private_address_only():
