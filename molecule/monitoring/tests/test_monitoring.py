@@ -254,6 +254,13 @@ def test_broken_rule_file_is_refused(monitor, tmp_path):
     assert MONITOR.service("prometheus").is_running
 
 
+# The stack's exporter ports (group_vars/all/ports.yml), which the default scrape jobs read:
+# every run of the role has them, as site.yml's does.
+EXPORTER_PORTS = {
+    name: port
+    for name, port in yaml.safe_load((PROJECT_DIR / "group_vars/all/ports.yml").read_text()).items()
+    if name.startswith("exporters_")
+}
 RULES = {"prometheus_rule_files": [str(REPO_RULES[0])]}
 
 
@@ -319,7 +326,13 @@ RULES = {"prometheus_rule_files": [str(REPO_RULES[0])]}
     ],
 )
 def test_prometheus_bad_variables_fail_with_a_clear_message(extra_vars, message):
-    fails_in_validation("prometheus", extra_vars, message)
+    fails_in_validation("prometheus", {**EXPORTER_PORTS, **extra_vars}, message)
+
+
+# Each service exporter switched on with otherwise good values.
+POSTGRES = {"exporters_postgres_enabled": True, "exporters_postgres_password": "secret"}
+REDIS = {"exporters_redis_enabled": True, "exporters_redis_password": "secret"}
+NGINX = {"exporters_nginx_enabled": True}
 
 
 @pytest.mark.parametrize(
@@ -333,6 +346,32 @@ def test_prometheus_bad_variables_fail_with_a_clear_message(extra_vars, message)
             "no collector both enabled and disabled",
         ),
         ({"exporters_node_port": "ninety"}, "exporters_node_port"),
+        (
+            {"exporters_postgres_enabled": "false"},
+            "exporters_postgres_enabled must be a boolean",
+        ),
+        ({**POSTGRES, "exporters_postgres_password": ""}, "exporters_postgres_password must not"),
+        ({**POSTGRES, "exporters_postgres_port": 70000}, "exporters_postgres_port must be in"),
+        (
+            {**POSTGRES, "exporters_postgres_user": "monitor password=x"},
+            "exporters_postgres_user must be a lower-case PostgreSQL role name",
+        ),
+        (
+            {**POSTGRES, "exporters_postgres_listen_address": "db1.internal"},
+            "exporters_postgres_listen_address must be an IP address",
+        ),
+        ({**REDIS, "exporters_redis_password": ""}, "exporters_redis_password must not be empty"),
+        (
+            {**REDIS, "exporters_redis_server_address": "redis.internal"},
+            "exporters_redis_server_address must be an IP address",
+        ),
+        ({**REDIS, "exporters_redis_user": "Exporter"}, "exporters_redis_user must be an ACL"),
+        ({**REDIS, "exporters_redis_port": "ninety"}, "exporters_redis_port"),
+        (
+            {**NGINX, "exporters_nginx_scrape_uri": "127.0.0.1:8081/stub_status"},
+            "exporters_nginx_scrape_uri must be an http(s) URL",
+        ),
+        ({**NGINX, "exporters_nginx_port": 0}, "exporters_nginx_port must be in 1..65535"),
     ],
 )
 def test_exporters_bad_variables_fail_with_a_clear_message(extra_vars, message):
