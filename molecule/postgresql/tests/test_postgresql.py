@@ -158,6 +158,7 @@ def test_passwords_are_scram_hashed(primary):
     assert sorted(hashes) == sorted(
         [
             "flaskfleet|SCRAM-SHA-256$",
+            "flaskfleet_monitor|SCRAM-SHA-256$",
             "flaskfleet_owner|SCRAM-SHA-256$",
             "replicator|SCRAM-SHA-256$",
         ]
