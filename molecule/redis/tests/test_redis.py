@@ -252,7 +252,8 @@ def test_app_password_rotation_reloads_without_restart(address):
         "rules": "{{ flaskfleet_redis_app_acl_rules }}",
     }
     try:
-        output = converge(json.dumps({"redis_users": [app_user]}))
+        other_users = SCENARIO_VARS["redis_users"][1:]
+        output = converge(json.dumps({"redis_users": [app_user, *other_users]}))
         assert new_password not in output, "the password leaked into the output"
         assert as_app(address, "PING", password=new_password).stdout.strip() == "PONG"
         assert "WRONGPASS" in as_app(address, "PING").stderr
