@@ -1,7 +1,7 @@
 """Behaviour of the journal role: a line logged on any host reaches the monitor's remote journal,
 in a file of that host's; the upload resumes after the monitor's journal-remote was down; the
 server speaks TLS with a certificate of the stack's CA, and its port admits only the uploaders;
-sandboxed units; retention runs; bad variables refused before any change."""
+sandboxed units; retention deletes old files; bad variables refused before any change."""
 
 import json
 import os
@@ -186,9 +186,18 @@ def test_port_closed_to_hosts_outside_the_flow():
     assert OUTSIDER.run(probe).rc == 124, MONITOR.run("nft list ruleset").stdout
 
 
-def test_retention_runs():
+def test_retention_deletes_archived_files_beyond_max_use():
+    """The scenario's journal_remote_max_use is 1M: an archived 8 MiB file goes, the hosts'
+    active files stay."""
+    active = MONITOR.check_output(f"ls {REMOTE_DIR}/remote-{private_ip(APP)}.journal")
+    archived = active.removesuffix(".journal") + (
+        "@0123456789abcdef0123456789abcdef-0000000000000001-0005d0a0b0c0d0e0.journal"
+    )
+    MONITOR.check_output(f"cp -p {active} {archived}")
     result = MONITOR.run("systemctl start journal-remote-vacuum.service")
     assert result.rc == 0, result.stderr + journal(MONITOR, "journal-remote-vacuum")
+    assert not MONITOR.file(archived).exists, journal(MONITOR, "journal-remote-vacuum")
+    assert MONITOR.file(active).exists
     assert MONITOR.check_output("systemctl is-enabled journal-remote-vacuum.timer") == "enabled"
 
 
