@@ -494,6 +494,7 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
     plays = site_playbook(inventory_dir, vault, "--list-hosts")
     assert [re.match(r"  play #\d+ \((\w+)\)", play)[1] for play in plays] == [
         "all",
+        "all",
         "postgres_primary",
         "postgres_replica",
         "redis",
@@ -515,7 +516,8 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
 def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
     """--list-tasks parses every role for these hosts without connecting."""
     roles = [
-        *("common", "postgresql", "postgresql", "redis", "redis", "app", "worker", "nginx"),
+        *("common", "journal", "postgresql", "postgresql", "redis", "redis", "app", "worker"),
+        "nginx",
         *("exporters", "prometheus"),
     ]
     plays = site_playbook(inventory_dir, vault, "--list-tasks")
