@@ -10,6 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TOFU = ROOT / ".tools" / "tofu"
 VENV_BIN = ROOT / ".venv" / "bin"
+# The inventory groups both environments write (modules/inventory checks the same set).
+GROUPS = [
+    "lb",
+    "app",
+    "worker",
+    "redis",
+    "queue",
+    "postgres_primary",
+    "postgres_replica",
+    "monitor",
+]
 
 
 def run(cmd, *, timeout=600, **kwargs):

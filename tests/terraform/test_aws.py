@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import (
+    GROUPS,
     ROOT,
     VENV_BIN,
     Tofu,
@@ -34,16 +35,6 @@ from helpers import (
     write_inventory,
 )
 
-GROUPS = [
-    "lb",
-    "app",
-    "worker",
-    "redis",
-    "queue",
-    "postgres_primary",
-    "postgres_replica",
-    "monitor",
-]
 REGION = "us-east-1"
 DOMAIN = "shop.example.com"
 ACME_EMAIL = "ops@example.com"

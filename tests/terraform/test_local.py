@@ -13,18 +13,8 @@ import urllib.request
 import uuid
 
 import pytest
-from helpers import VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
+from helpers import GROUPS, VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
 
-GROUPS = [
-    "lb",
-    "app",
-    "worker",
-    "redis",
-    "queue",
-    "postgres_primary",
-    "postgres_replica",
-    "monitor",
-]
 # Tiers of worker_count / app_count hosts (both default to 2); every other tier has one.
 SCALED = {"app": 2, "worker": 2}
 
