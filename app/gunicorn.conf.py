@@ -78,7 +78,7 @@ _STANDARD_ATTRIBUTES = frozenset(
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, as flaskfleet.logs writes them: time, level, logger, message
-    and the extra fields (the access log's request_id and client among them)."""
+    and the extra fields (the access log's request_id, client and trace ids among them)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -126,6 +126,9 @@ class JsonGunicornLogger(glogging.Logger):
                 # The API client the app authenticated (flaskfleet.web.CLIENT_ENVIRON_KEY,
                 # not imported: see the top); None for anonymous requests.
                 "client": environ.get("flaskfleet.client"),
+                # The request's span (flaskfleet.web.TRACE_ENVIRON_KEY): trace_id, span_id
+                # and the parent's (nginx's) span id; absent if the app never saw it.
+                **environ.get("flaskfleet.trace", {}),
             },
         )
 

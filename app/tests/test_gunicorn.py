@@ -23,6 +23,10 @@ CONF = APP_DIR / "gunicorn.conf.py"
 START_TIMEOUT = 90
 
 
+# A sender's span (nginx's, in the stack): version, trace id, parent span id, flags.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def gunicorn_env(app_env: dict[str, str], **extra: str) -> dict[str, str]:
     inherited = {
         key: value
@@ -126,7 +130,9 @@ def test_gunicorn_bind_ready_notify_metrics_and_hup(app_env, clean_state, tmp_pa
         )
         assert served_by.headers["X-Request-ID"] == "after-hup"
         as_admin = requests.get(
-            f"{base}/api/v2/products", headers={**AUTH, "X-Request-ID": "as-admin"}, timeout=5
+            f"{base}/api/v2/products",
+            headers={**AUTH, "X-Request-ID": "as-admin", "traceparent": TRACEPARENT},
+            timeout=5,
         )
         assert as_admin.status_code == 200
 
@@ -140,6 +146,10 @@ def test_gunicorn_bind_ready_notify_metrics_and_hup(app_env, clean_state, tmp_pa
     # The client the app authenticated is in the access log line; anonymous requests have none.
     assert by_request["as-admin"]["client"] == "admin"
     assert by_request["after-hup"]["client"] is None
+    # The request's span: a child of the sender's, in the sender's trace.
+    assert by_request["as-admin"]["trace_id"] == TRACEPARENT.split("-")[1]
+    assert by_request["as-admin"]["parent_span_id"] == TRACEPARENT.split("-")[2]
+    assert len(by_request["after-hup"]["trace_id"]) == 32
     assert all(entry["method"] == "GET" and "duration_ms" in entry for entry in access)
     assert all((entry["logger"], entry["level"]) == ("gunicorn.access", "info") for entry in access)
     # Each worker, the two after the HUP included, logs where it loaded the application from.

@@ -270,6 +270,67 @@ def test_an_order_is_confirmed_by_the_worker_tier(stack):
     assert receipts(order_id) == 1
 
 
+def central_log_entries(stack, request_id: str) -> dict[str, list[dict]]:
+    """`make logs REQUEST_ID=<id>`, as an operator runs it: each host's JSON log entries
+    about the request (a line reads "<host> <time> <unit>[pid]: <JSON>")."""
+    result = stack.run("make", "-s", "logs", f"REQUEST_ID={request_id}", check=False)
+    entries: dict[str, list[dict]] = {}
+    for line in result.stdout.splitlines():
+        host, _, rest = line.partition(" ")
+        if "{" in rest:
+            entries.setdefault(host, []).append(json.loads(rest[rest.index("{") :]))
+    return entries
+
+
+def test_one_request_is_followed_from_nginx_through_app_and_worker_in_the_central_logs(stack):
+    """An order placed with a request id and a W3C traceparent: the monitor's central journal
+    has the load balancer's access line, an app node's access line and the worker's lines for
+    the task confirming it, every one with the request id and the client's trace id."""
+    _, product = new_product(stack)
+    request_id = f"e2e-trace-{uuid.uuid4().hex[:12]}"
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    response = stack.session("shop").post(
+        f"{stack.url}/api/v1/orders",
+        json={"items": [{"product_id": product["id"], "quantity": 1}]},
+        headers={
+            "Idempotency-Key": uuid.uuid4().hex,
+            "X-Request-ID": request_id,
+            "traceparent": f"00-{trace_id}-{parent_id}-01",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["X-Request-ID"] == request_id
+    assert wait_until_confirmed(stack, "shop", [response.json()["id"]], timeout=60) == []
+
+    lb, workers = instance("lb"), {instance("worker-1"), instance("worker-2")}
+    apps = {instance("app-1"), instance("app-2")}
+
+    def every_tier(entries: dict[str, list[dict]]) -> bool:
+        return lb in entries and bool(apps & entries.keys()) and bool(workers & entries.keys())
+
+    # journal-upload streams each host's new entries; give it a little while.
+    entries = wait_for(
+        lambda: central_log_entries(stack, request_id),
+        every_tier,
+        "the request's lines from lb, app and worker in the central journal",
+        seconds=60,
+        interval=3,
+    )
+    for host, host_entries in entries.items():
+        for entry in host_entries:
+            assert entry.get("request_id") == request_id, (host, entry)
+            assert entry.get("trace_id") == trace_id, (host, entry)
+    (proxied,) = [entry for entry in entries[lb] if entry.get("uri") == "/api/v1/orders"]
+    (app,) = apps & entries.keys()
+    (served,) = [entry for entry in entries[app] if entry.get("path") == "/api/v1/orders"]
+    # One span per hop: nginx's is a child of the client's, the app's a child of nginx's.
+    assert proxied["span_id"] != parent_id
+    assert served["parent_span_id"] == proxied["span_id"], (proxied, served)
+    worker_entries = [entry for host in workers & entries.keys() for entry in entries[host]]
+    assert any(entry.get("logger") == "celery.app.trace" for entry in worker_entries), entries
+
+
 def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
     """Reads and a steady order load (clients retry with the same key) while every app node and
     every worker is rolled to a new release: no read fails, every order is acknowledged, and

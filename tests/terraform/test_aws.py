@@ -57,6 +57,7 @@ provider "aws" {{
     ec2 = "{url}"
     elb = "{url}"
     iam = "{url}"
+    kms = "{url}"
     sts = "{url}"
   }}
 }}
@@ -98,6 +99,11 @@ def moto(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ec2(moto):
     return boto3.client("ec2", endpoint_url=moto.url, region_name=REGION, **CREDENTIALS)
+
+
+@pytest.fixture(scope="module")
+def kms(moto):
+    return boto3.client("kms", endpoint_url=moto.url, region_name=REGION, **CREDENTIALS)
 
 
 @pytest.fixture(scope="module")
@@ -282,10 +288,11 @@ def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
     }
 
 
-def test_each_database_keeps_its_data_on_a_protected_volume_of_its_own(stack, ec2):
-    """The databases' PGDATA volume: encrypted, 20 GiB, in the instance's zone, attached as
-    /dev/sdf, its ID in the inventory (the role mounts it by that ID); termination
-    protection asked for the database instances; no other tier gets either."""
+def test_each_database_keeps_its_data_on_a_protected_volume_of_its_own(stack, ec2, kms):
+    """The databases' PGDATA volume: encrypted with the stack's own rotated KMS key, 20 GiB,
+    in the instance's zone, attached as /dev/sdf, its ID in the inventory (the device's NVMe
+    serial); termination protection asked for the database instances; no other tier gets
+    either."""
     name = stack["name"]
     children = stack["inventory"]["all"]["children"]
     databases = {f"{name}-postgres-primary", f"{name}-postgres-replica"}
@@ -296,6 +303,10 @@ def test_each_database_keeps_its_data_on_a_protected_volume_of_its_own(stack, ec
         host_vars = children[host.removeprefix(f"{name}-").replace("-", "_")]["hosts"][host]
         volume = ec2.describe_volumes(VolumeIds=[host_vars["data_volume_id"]])["Volumes"][0]
         assert (volume["Size"], volume["Encrypted"], volume["VolumeType"]) == (20, True, "gp3")
+        key = kms.describe_key(KeyId=volume["KmsKeyId"])["KeyMetadata"]
+        described = (key["KeyManager"], key["Description"])
+        assert described == ("CUSTOMER", f"{name}: the databases' data volumes")
+        assert kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"]
         (attachment,) = volume["Attachments"]
         assert attachment["Device"] == "/dev/sdf"
         instance = ec2.describe_instances(InstanceIds=[attachment["InstanceId"]])

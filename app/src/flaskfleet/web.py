@@ -31,6 +31,8 @@ WRITE_LSN_SALT = "flaskfleet.read-your-writes"
 # The WSGI environ key under which the authenticated client's name reaches Gunicorn's access
 # log (gunicorn.conf.py), which sees the environ but not Flask's g.
 CLIENT_ENVIRON_KEY = "flaskfleet.client"
+# Likewise this request's span (flaskfleet.tracing), so the access line carries the trace.
+TRACE_ENVIRON_KEY = "flaskfleet.trace"
 HOSTNAME = socket.gethostname()
 
 
@@ -44,6 +46,7 @@ def register(app: Flask) -> None:
         # This request's span, a child of the sender's (nginx's); a missing or malformed
         # traceparent starts a new trace rather than being passed on.
         g.trace = tracing.continue_from(request.headers.get(tracing.HEADER))
+        request.environ[TRACE_ENVIRON_KEY] = g.trace.log_fields()
         g.started = time.perf_counter()
 
     @app.before_request

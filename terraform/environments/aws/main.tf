@@ -89,6 +89,37 @@ resource "aws_key_pair" "admin" {
   tags       = local.tags
 }
 
+# The databases' data volumes are encrypted with a key of this stack's own
+# (rotated yearly), not the account's default aws/ebs key: its policy, not every
+# IAM user with EC2 rights, decides who can read a copy of the data, and
+# deleting the stack leaves the key 30 days in which its snapshots can still be
+# read. The policy is the default one: the account administers and uses it
+# through IAM.
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+resource "aws_kms_key" "data" {
+  description             = "${var.name}: the databases' data volumes"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "AccountAdministersThroughIam"
+      Effect    = "Allow"
+      Principal = { AWS = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+      Action    = "kms:*"
+      Resource  = "*"
+    }]
+  })
+  tags = local.tags
+}
+
+resource "aws_kms_alias" "data" {
+  name          = "alias/${var.name}-data"
+  target_key_id = aws_kms_key.data.key_id
+}
+
 module "tier" {
   source   = "../../modules/aws-instances"
   for_each = local.tiers
@@ -103,6 +134,7 @@ module "tier" {
   public                 = try(each.value.public, false)
   root_volume_size       = try(each.value.root_volume_size, 10)
   data_volume_size       = try(each.value.stateful, false) ? var.database_volume_size : 0
+  data_volume_kms_key    = aws_kms_key.data.arn
   termination_protection = try(each.value.stateful, false) && var.database_termination_protection
 }
 

@@ -3,7 +3,7 @@
 # never renames or moves the others. IMDSv2 only, encrypted root volume,
 # detailed monitoring; no public address unless the tier is public (then an
 # Elastic IP that outlives a stop/start). A stateful tier gets a data volume of
-# its own per instance (encrypted, kept apart from the root volume, so the data
+# its own per instance (encrypted with the given key, kept apart from the root volume, so the data
 # is not tied to the instance's image) and termination protection.
 # The AMI is read at creation only (ignore_changes): a newer Debian image in
 # the environment's lookup must never plan the replacement of a running host,
@@ -50,6 +50,7 @@ resource "aws_ebs_volume" "data" {
   type              = "gp3"
   size              = var.data_volume_size
   encrypted         = true
+  kms_key_id        = var.data_volume_kms_key
 
   tags = merge(var.tags, { Name = "${each.key}-data", Instance = each.key })
 }

@@ -88,6 +88,17 @@ variable "data_volume_size" {
   }
 }
 
+variable "data_volume_kms_key" {
+  description = "ARN of the customer managed KMS key the data volumes are encrypted with; null leaves them on the account's default EBS key."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.data_volume_kms_key == null || can(regex("^arn:aws[a-z-]*:kms:", var.data_volume_kms_key))
+    error_message = "The data volume key is a KMS key ARN (arn:aws:kms:...)."
+  }
+}
+
 variable "termination_protection" {
   description = "Whether EC2 refuses to terminate the instances (and so `tofu destroy` fails) until an apply turns it off."
   type        = bool
