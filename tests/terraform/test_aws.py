@@ -327,6 +327,36 @@ def test_each_database_keeps_its_data_on_a_protected_volume_of_its_own(stack, ec
     assert {host for host, on in protected.items() if on} == databases, protected
 
 
+def test_the_postgresql_role_is_given_each_database_volumes_device(stack, inventory_dir, vault):
+    """inventories/aws/group_vars/postgres names, for each database host, the NVMe device
+    that is its own data volume (the role makes and mounts its file system); no device is
+    named for any other host."""
+    result = run(
+        [
+            *(VENV_BIN / "ansible", "all", "-i", inventory_dir, "--connection", "local"),
+            *("-m", "ansible.builtin.debug", "-a", "var=postgresql_data_device"),
+            *vault,
+        ],
+        env=ansible_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # "host | SUCCESS => {...}" per host, the JSON spread over the following lines.
+    devices = {
+        host: json.loads(body)["postgresql_data_device"]
+        for host, body in re.findall(r"^(\S+) \| SUCCESS => (\{.*?^\})", result.stdout, re.M | re.S)
+    }
+    children = stack["inventory"]["all"]["children"]
+    expected = {}
+    for group in ("postgres_primary", "postgres_replica"):
+        for host, host_vars in children[group]["hosts"].items():
+            serial = host_vars["data_volume_id"].replace("-", "")
+            expected[host] = f"/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}"
+    assert {host: device for host, device in devices.items() if host in expected} == expected
+    others = {host: device for host, device in devices.items() if host not in expected}
+    assert others and all("VARIABLE IS NOT DEFINED" in device for device in others.values()), others
+
+
 def test_a_newer_ami_replaces_no_instance(stack, ec2):
     """A new Debian image (here: another AMI than the stack's) plans no change to any
     running instance, least of all the databases: the AMI is read at creation only."""

@@ -403,6 +403,11 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
             "postgresql_tls_key_file=key.pem",
             "pki_certificate_file and pki_key_file must be absolute",
         ),
+        ("postgresql_data_device=sdf", "postgresql_data_device must be empty or a device path"),
+        (
+            "postgresql_data_device=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0missing",
+            "is not a block device on",
+        ),
     ],
     ids=[
         "empty-password",
@@ -415,6 +420,8 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
         "plaintext-hba-entry",
         "no-ca",
         "relative-key-path",
+        "data-device-not-a-path",
+        "data-volume-not-attached",
     ],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):
