@@ -127,7 +127,10 @@ def test_queue_is_a_broker_not_a_cache(queue):
         "everysec",
     ], answers
     users = redis_admin(queue, "ACL USERS")
-    assert users == ["admin", "default", "flaskfleet_producer", "flaskfleet_worker"], users
+    # The queue's own users (group_vars/queue/redis.yml): its producer, its consumers and
+    # the metrics exporter, none of the cache's.
+    queue_users = ["flaskfleet_exporter", "flaskfleet_producer", "flaskfleet_worker"]
+    assert users == ["admin", "default", *queue_users], users
 
 
 def test_the_producer_cannot_take_tasks_off_the_queue(queue):
