@@ -4,6 +4,7 @@ order: the failure tests come last, and promotion is the very last."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -49,9 +50,14 @@ def test_second_plain_site_run_changes_nothing(stack):
     and its password come through ansible.cfg and the inventory's group_vars (only the test
     stack's inventory is named: ansible.cfg's default is the developer's ff stack)."""
     result = run(".venv/bin/ansible-playbook", "-i", str(inventory_dir()), "site.yml", timeout=900)
+    (LOG_DIR / "site-second-run.log").write_text(result.stdout)
     changed = recap_changed(result.stdout)
     assert changed, result.stdout[-3000:]
-    assert set(changed.values()) == {0}, changed
+    # Each changed result under its task's header, to say what did not converge.
+    changed_tasks = re.findall(
+        r"^TASK \[(.+?)\].*?\n(?:(?!TASK \[).*\n)*?(changed: .*)", result.stdout, re.M
+    )
+    assert set(changed.values()) == {0}, (changed, changed_tasks)
 
 
 # Scrape job -> the inventory groups whose hosts it scrapes (the prometheus role's
