@@ -41,11 +41,18 @@ def run(*cmd, **kwargs):
 
 
 def wait_for_boot(container):
-    """`systemctl is-system-running --wait` once systemd's bus is up (it is not at t=0)."""
+    """`systemctl is-system-running --wait` once systemd has started far enough to answer it.
+
+    Right after `docker run` systemctl may find no /run/systemd/system yet (it then says
+    "offline" with no error) or no bus to connect to; both only mean "ask again".
+    """
     deadline = time.monotonic() + 60
     while True:
         state = run("docker", "exec", container, "systemctl", "is-system-running", "--wait")
-        if "Failed to connect to bus" not in state.stderr or time.monotonic() > deadline:
+        not_up_yet = (
+            state.stdout.strip() == "offline" or "Failed to connect to bus" in state.stderr
+        )
+        if not not_up_yet or time.monotonic() > deadline:
             return state
         time.sleep(0.5)
 
