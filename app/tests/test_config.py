@@ -47,6 +47,12 @@ def clients(*overrides: dict) -> str:
         ("FLASKFLEET_WORKER_METRICS_ADDRESS", "localhost"),
         # A task allowed to run past the visibility timeout would run twice at once.
         ("FLASKFLEET_TASK_TIME_LIMIT", "3600"),
+        ("FLASKFLEET_DB_STATEMENT_TIMEOUT", "0"),
+        ("FLASKFLEET_CACHE_MISSING_TIMEOUT", "0"),
+        ("FLASKFLEET_BREAKER_FAILURES", "0"),
+        ("FLASKFLEET_BREAKER_RESET_SECONDS", "-1"),
+        # A cool-down that could never grow to its cap.
+        ("FLASKFLEET_BREAKER_RESET_SECONDS", "120"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value):

@@ -59,8 +59,14 @@ def test_readyz_names_the_error_class_and_logs_the_message(make_app, cluster, ca
     assert response.status_code == 503
     checks = response.json["checks"]
     assert checks["primary"] == {"status": "down", "error": "OperationalError"}
-    assert checks["redis"] == {"status": "down", "error": "ConnectionError"}
+    # The readiness probe does not feed the request path's breaker: it stays closed.
+    assert checks["redis"] == {
+        "status": "down",
+        "error": "ConnectionError",
+        "breaker": {"state": "closed", "consecutive_failures": 0},
+    }
     assert checks["replica"]["status"] == "ok"
+    assert checks["replica"]["breaker"]["state"] == "closed"
     for secret in ("127.0.0.1", str(port), "flaskfleet_app", "pw@"):
         assert secret not in response.text
     logged = [

@@ -19,7 +19,13 @@ def backend_pids(pool: ConnectionPool, concurrent: int) -> set[int]:
 
 def test_connections_beyond_the_minimum_stay_open_for_the_next_checkout(cluster):
     pool = ConnectionPool(
-        "test", cluster.primary.url(), minconn=1, maxconn=4, timeout=5, connect_timeout=3
+        "test",
+        cluster.primary.url(),
+        minconn=1,
+        maxconn=4,
+        timeout=5,
+        connect_timeout=3,
+        statement_timeout=10,
     )
     try:
         first = backend_pids(pool, 3)
@@ -32,7 +38,13 @@ def test_connections_beyond_the_minimum_stay_open_for_the_next_checkout(cluster)
 
 def test_a_checked_out_connection_is_idle_and_in_a_transaction_only_when_used(cluster):
     pool = ConnectionPool(
-        "test", cluster.primary.url(), minconn=1, maxconn=2, timeout=5, connect_timeout=3
+        "test",
+        cluster.primary.url(),
+        minconn=1,
+        maxconn=2,
+        timeout=5,
+        connect_timeout=3,
+        statement_timeout=10,
     )
     try:
         with pool.connection() as conn:
@@ -48,7 +60,13 @@ def test_a_checked_out_connection_is_idle_and_in_a_transaction_only_when_used(cl
 
 def test_reads_run_without_a_transaction_around_them(cluster):
     primary = ConnectionPool(
-        "test", cluster.primary.url(), minconn=1, maxconn=2, timeout=5, connect_timeout=3
+        "test",
+        cluster.primary.url(),
+        minconn=1,
+        maxconn=2,
+        timeout=5,
+        connect_timeout=3,
+        statement_timeout=10,
     )
 
     def query(conn):

@@ -16,9 +16,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flaskfleet import errors, logs, web
 from flaskfleet._version import __version__
 from flaskfleet.api import v1, v2
+from flaskfleet.breakers import Breaker
 from flaskfleet.cache import LIMITS_PREFIX, REDIS_OPTIONS, ProductCache
 from flaskfleet.config import Settings, unknown_variables
-from flaskfleet.db import ConnectionPool, Database
+from flaskfleet.db import CONNECTION_ERRORS, ConnectionPool, Database, DatabaseUnavailable
 from flaskfleet.jobs import tasks_cli
 from flaskfleet.migrations import db_cli
 from flaskfleet.ops import ops
@@ -48,6 +49,7 @@ def build_services(settings: Settings, *, worker: bool = False) -> Services:
     database = Database(
         _pool("primary", settings.database_url.get_secret_value(), settings),
         _pool("replica", replica_url.get_secret_value(), settings) if replica_url else None,
+        _breaker("replica", settings, (DatabaseUnavailable, *CONNECTION_ERRORS)),
     )
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     redis_client = redis.Redis.from_url(redis_url, **REDIS_OPTIONS) if redis_url else None
@@ -55,13 +57,28 @@ def build_services(settings: Settings, *, worker: bool = False) -> Services:
     services = Services(
         settings=settings,
         db=database,
-        cache=ProductCache(redis_client, settings.cache_timeout),
+        cache=ProductCache(
+            redis_client,
+            settings.cache_timeout,
+            settings.cache_missing_timeout,
+            _breaker("redis", settings, redis.RedisError),
+        ),
         redis=redis_client,
         celery=celery,
     )
     if celery is not None:
         celery.services = services
     return services
+
+
+def _breaker(name: str, settings: Settings, failures_are) -> Breaker:
+    return Breaker(
+        name,
+        failures=settings.breaker_failures,
+        reset_seconds=settings.breaker_reset_seconds,
+        max_reset_seconds=settings.breaker_max_reset_seconds,
+        expected_exception=failures_are,
+    )
 
 
 def _pool(name: str, dsn: str, settings: Settings) -> ConnectionPool:
@@ -72,6 +89,7 @@ def _pool(name: str, dsn: str, settings: Settings) -> ConnectionPool:
         maxconn=settings.db_pool_max,
         timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
+        statement_timeout=settings.db_statement_timeout,
     )
 
 

@@ -64,7 +64,8 @@ def _cached_read(key: str | None, query) -> tuple[object, str, str | None]:
         if found:
             return body, "HIT", None
     body, source = services.db.read(query, write_lsn)
-    if key is not None and body is not None:
+    if key is not None:
+        # None (no such product) is cached too, for a shorter time: see flaskfleet.cache.
         services.cache.set(key, body)
     return body, "MISS", source
 

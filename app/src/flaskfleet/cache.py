@@ -5,6 +5,14 @@ for list pages. A write deletes the product entries it touched and bumps the lis
 because a created, deleted or re-stocked product can move or change every list page and its
 total. Orphaned list pages expire with the cache timeout.
 
+A product that does not exist is cached too, as JSON null, for a shorter time (the seeds'
+negative caching): a client asking again and again for a missing id must not reach the
+database each time. Creating the product deletes that entry like any other write.
+
+Reads of the cache pass a circuit breaker (flaskfleet.breakers): with Redis dropping packets
+they stop paying its timeout after a few failures. Invalidations do not: a skipped one would
+leave a stale entry behind, so they always try.
+
 Values are JSON, never pickle: whoever can write to Redis must not be able to run code in the
 app. A value that does not parse counts as a miss, and the read that follows overwrites it.
 """
@@ -18,6 +26,7 @@ from typing import Any
 import redis
 
 from flaskfleet import metrics
+from flaskfleet.breakers import Breaker, BreakerOpen
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +44,44 @@ def product_key(product_id: int) -> str:
 
 
 class ProductCache:
-    def __init__(self, client: redis.Redis | None, timeout: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        timeout: int,
+        missing_timeout: int,
+        breaker: Breaker | None = None,
+    ) -> None:
         self._redis = client
         self._timeout = timeout
+        self._missing_timeout = missing_timeout
+        self._breaker = breaker
+
+    @property
+    def breaker(self) -> Breaker | None:
+        return self._breaker
 
     def _unreachable(self, exc: Exception) -> None:
+        if isinstance(exc, BreakerOpen):
+            metrics.CACHE_REQUESTS.labels("skipped").inc()
+            return
         metrics.CACHE_REQUESTS.labels("error").inc()
         log.warning("cache unreachable, bypassing it", extra={"error": str(exc)})
 
+    def _call(self, command, *args, **kwargs):
+        if self._breaker is None:
+            return command(*args, **kwargs)
+        return self._breaker.call(command, *args, **kwargs)
+
     def get(self, key: str) -> tuple[bool, Any]:
-        """(found, value); a Redis failure or a value that is not JSON counts as a miss."""
+        """(found, value); a Redis failure or a value that is not JSON counts as a miss.
+
+        A found value of None is a cached "does not exist".
+        """
         if self._redis is None:
             return False, None
         try:
-            raw = self._redis.get(key)
-        except redis.RedisError as exc:
+            raw = self._call(self._redis.get, key)
+        except (redis.RedisError, BreakerOpen) as exc:
             self._unreachable(exc)
             return False, None
         if raw is None:
@@ -65,11 +97,13 @@ class ProductCache:
         return True, value
 
     def set(self, key: str, value: Any) -> None:
+        """Store a value; None (the thing does not exist) for the shorter missing timeout."""
         if self._redis is None:
             return
+        timeout = self._missing_timeout if value is None else self._timeout
         try:
-            self._redis.set(key, json.dumps(value, separators=(",", ":")), ex=self._timeout)
-        except redis.RedisError as exc:
+            self._call(self._redis.set, key, json.dumps(value, separators=(",", ":")), ex=timeout)
+        except (redis.RedisError, BreakerOpen) as exc:
             self._unreachable(exc)
 
     def list_key(self, spec: str) -> str | None:
@@ -77,8 +111,8 @@ class ProductCache:
         if self._redis is None:
             return None
         try:
-            generation = int(self._redis.get(LIST_GENERATION_KEY) or 0)
-        except redis.RedisError as exc:
+            generation = int(self._call(self._redis.get, LIST_GENERATION_KEY) or 0)
+        except (redis.RedisError, BreakerOpen) as exc:
             self._unreachable(exc)
             return None
         except ValueError:

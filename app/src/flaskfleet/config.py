@@ -84,7 +84,12 @@ class Settings(BaseModel):
     db_pool_max: PositiveInt = 10
     db_pool_timeout: Annotated[float, Field(gt=0)] = 5.0
     db_connect_timeout: PositiveInt = 3
+    db_statement_timeout: Annotated[float, Field(gt=0)] = 10.0
     cache_timeout: PositiveInt = 60
+    cache_missing_timeout: PositiveInt = 10
+    breaker_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    breaker_reset_seconds: Annotated[float, Field(gt=0)] = 5.0
+    breaker_max_reset_seconds: Annotated[float, Field(gt=0)] = 60.0
     ratelimit_per_client: str = "50 per second"
     read_your_writes_seconds: Annotated[int, Field(ge=0)] = 10
     max_page_offset: Annotated[int, Field(ge=0)] = 10_000
@@ -199,6 +204,15 @@ class Settings(BaseModel):
     def _pool_bounds(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("FLASKFLEET_DB_POOL_MIN must not exceed FLASKFLEET_DB_POOL_MAX")
+        return self
+
+    @model_validator(mode="after")
+    def _breaker_bounds(self) -> Settings:
+        if self.breaker_reset_seconds > self.breaker_max_reset_seconds:
+            raise ValueError(
+                "FLASKFLEET_BREAKER_RESET_SECONDS must not exceed"
+                " FLASKFLEET_BREAKER_MAX_RESET_SECONDS"
+            )
         return self
 
     @model_validator(mode="after")

@@ -3,6 +3,13 @@
 Reads go to the replica unless the client carries the WAL position of its own last write and
 the replica has not replayed that far yet; then, or when the replica is unreachable, they go
 to the primary. Writes always go to the primary and return the WAL position after commit.
+A circuit breaker stands before the replica: once it has failed a few times in a row, reads
+go straight to the primary instead of each waiting for the connect timeout.
+
+Every connection carries a statement timeout (a runaway query is cancelled by the server,
+not left holding a pool slot) and TCP keepalives with a user timeout, so a server that stops
+answering (packets dropped, not refused) breaks the connection in seconds instead of the
+kernel's default of many minutes.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import psycopg2
@@ -20,6 +27,7 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from flaskfleet import metrics
+from flaskfleet.breakers import Breaker, BreakerOpen
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,17 @@ LSN_PATTERN = re.compile(r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")
 
 # Errors that mean "this server or connection is gone", as opposed to a bad query.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+# libpq's TCP settings: probe an idle connection after 10 s, every 5 s, give up after 3
+# probes; drop a connection whose sent data has gone unacknowledged for 10 s.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 class DatabaseUnavailable(Exception):
@@ -64,6 +83,7 @@ class ConnectionPool:
         maxconn: int,
         timeout: float,
         connect_timeout: int,
+        statement_timeout: float,
     ) -> None:
         self.name = name
         self._dsn = dsn
@@ -71,6 +91,7 @@ class ConnectionPool:
         self._maxconn = maxconn
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._statement_timeout_ms = max(1, round(statement_timeout * 1000))
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(maxconn)
         self._pool: _KeepAlivePool | None = None
@@ -85,6 +106,8 @@ class ConnectionPool:
                     self._dsn,
                     connect_timeout=self._connect_timeout,
                     application_name=f"flaskfleet-{self.name}",
+                    options=f"-c statement_timeout={self._statement_timeout_ms}",
+                    **TCP_OPTIONS,
                 )
                 self._pid = os.getpid()
                 metrics.DB_POOL_SIZE.labels(self.name).set(self._maxconn)
@@ -144,9 +167,15 @@ class ConnectionPool:
 class Database:
     """Routes reads and writes between the primary and the (optional) replica pools."""
 
-    def __init__(self, primary: ConnectionPool, replica: ConnectionPool | None) -> None:
+    def __init__(
+        self,
+        primary: ConnectionPool,
+        replica: ConnectionPool | None,
+        replica_breaker: Breaker | None = None,
+    ) -> None:
         self.primary = primary
         self.replica = replica
+        self.replica_breaker = replica_breaker
 
     def read(
         self, query: Callable[[psycopg2.extensions.connection], T], min_lsn: str | None = None
@@ -154,18 +183,29 @@ class Database:
         """Run a read-only query; returns its result and the name of the server that ran it."""
         if self.replica is not None:
             try:
-                with self.replica.connection() as conn:
-                    # Reads run in autocommit: no BEGIN and ROLLBACK round trips around them.
-                    conn.autocommit = True
-                    if min_lsn is None or _has_replayed(conn, min_lsn):
-                        return query(conn), "replica"
-                    metrics.DB_READ_ROUTED.labels("replica_behind").inc()
+                result = self._read_replica(self.replica, query, min_lsn)
+            except BreakerOpen:
+                metrics.DB_READ_ROUTED.labels("replica_skipped").inc()
             except (DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
                 metrics.DB_READ_ROUTED.labels("replica_down").inc()
                 log.warning("replica unavailable, reading from primary", extra={"error": str(exc)})
+            else:
+                if result is not None:
+                    return result[0], "replica"
+                metrics.DB_READ_ROUTED.labels("replica_behind").inc()
         with self.primary.connection() as conn:
             conn.autocommit = True
             return query(conn), "primary"
+
+    def _read_replica(self, replica: ConnectionPool, query, min_lsn: str | None) -> tuple | None:
+        """(result,) from the replica, or None when it has not replayed min_lsn yet."""
+        guard = self.replica_breaker.guard() if self.replica_breaker else nullcontext()
+        with guard, replica.connection() as conn:
+            # Reads run in autocommit: no BEGIN and ROLLBACK round trips around them.
+            conn.autocommit = True
+            if min_lsn is None or _has_replayed(conn, min_lsn):
+                return (query(conn),)
+            return None
 
     def write(self, statement: Callable[[psycopg2.extensions.connection], T]) -> tuple[T, str]:
         """Run a statement in one primary transaction; returns its result and the commit LSN."""

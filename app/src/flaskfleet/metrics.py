@@ -36,7 +36,7 @@ HTTP_DURATION = Histogram(
 )
 CACHE_REQUESTS = Counter(
     "flaskfleet_cache_requests_total",
-    "Cache look-ups by result: hit, miss or error (Redis unreachable).",
+    "Cache look-ups by result: hit, miss, error (Redis unreachable) or skipped (breaker open).",
     ["result"],
 )
 DB_POOL_IN_USE = Gauge(
@@ -55,6 +55,18 @@ DB_READ_ROUTED = Counter(
     "flaskfleet_db_reads_to_primary_total",
     "Reads sent to the primary although a replica is configured, by reason.",
     ["reason"],
+)
+BREAKER_STATE = Gauge(
+    "flaskfleet_breaker_state",
+    "Circuit breaker state by dependency: 0 closed, 1 half-open (probing), 2 open. Each process"
+    " has its own breakers; the worst of the live processes is served.",
+    ["breaker"],
+    multiprocess_mode="livemax",
+)
+BREAKER_OPENED = Counter(
+    "flaskfleet_breaker_opened_total",
+    "Times a circuit breaker opened, after consecutive failures or a failed probe.",
+    ["breaker"],
 )
 
 # The worker tier. Task metrics are recorded in the worker's pool processes and served, summed,

@@ -72,6 +72,13 @@ def readyz() -> Response:
         "replica": _check_database(services.db.replica),
         "redis": _check_redis(services.redis),
     }
+    # This process's breakers: whether requests use the dependency right now. The check
+    # above probes it regardless, so "ok" with an open breaker means it has come back and
+    # the breaker will close at its next probe.
+    if services.db.replica is not None and services.db.replica_breaker is not None:
+        checks["replica"]["breaker"] = services.db.replica_breaker.snapshot()
+    if services.redis is not None and services.cache.breaker is not None:
+        checks["redis"]["breaker"] = services.cache.breaker.snapshot()
     if checks["primary"]["status"] != "ok":
         status, code = "unavailable", 503
     elif any(check["status"] == "down" for check in checks.values()):

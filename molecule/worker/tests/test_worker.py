@@ -79,6 +79,10 @@ def test_worker_stop_timeout_outlasts_the_task_time_limit(worker):
     limit = int(re.search(r'^FLASKFLEET_TASK_TIME_LIMIT="(\d+)"$', env, re.MULTILINE)[1])
     assert timeout == "5min 30s", timeout
     assert limit == 300
+    # A report's queries may run as long as its task: the app's request timeout would cut them.
+    statement = re.search(r'^FLASKFLEET_DB_STATEMENT_TIMEOUT="(\d+)"$', env, re.MULTILINE)
+    assert statement is not None, "the worker's statement timeout is not set"
+    assert int(statement[1]) == limit
 
 
 def test_environment_file_is_root_only_and_names_the_consumer(worker):
