@@ -216,7 +216,7 @@ def test_pooled_connections_carry_the_statement_timeout_and_keepalives(make_app)
             parameters = conn.get_dsn_parameters()
             assert parameters["keepalives"] == "1"
             assert parameters["keepalives_idle"] == "10"
-            assert parameters["tcp_user_timeout"] == "10000"
+            assert parameters["tcp_user_timeout"] == "3000"
 
 
 def test_a_runaway_query_is_cancelled_by_the_server(make_app):

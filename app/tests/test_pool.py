@@ -84,3 +84,25 @@ def test_reads_run_without_a_transaction_around_them(cluster):
             assert conn.autocommit is False
     finally:
         primary.close()
+
+
+def test_one_stale_connection_replaces_every_idle_one_with_one_new_connection(cluster):
+    pool = ConnectionPool(
+        "test", cluster.primary.url(), minconn=1, maxconn=4, timeout=5, connect_timeout=3,
+        statement_timeout=10,
+    )  # fmt: skip
+    try:
+        old = backend_pids(pool, 3)
+        # As after a server restart: every pooled connection is dead.
+        cluster.primary.query(
+            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(old),)
+        )
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (fresh,) = cur.fetchone()
+        assert fresh not in old
+        # The dead ones were closed, not kept for the next checkouts to trip over one by one.
+        assert pool._get_pool()._pool and all(not c.closed for c in pool._get_pool()._pool)
+        assert not old & backend_pids(pool, 3)
+    finally:
+        pool.close()

@@ -40,13 +40,14 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 # libpq's TCP settings: probe an idle connection after 10 s, every 5 s, give up after 3
-# probes; drop a connection whose sent data has gone unacknowledged for 10 s.
+# probes; drop a connection whose sent data has gone unacknowledged for 3 s (the server
+# acknowledges a query at once, however long it then runs; 3 s covers 4 retransmissions).
 TCP_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
+    "tcp_user_timeout": 3_000,
 }
 
 
@@ -64,6 +65,13 @@ class _KeepAlivePool(psycopg2.pool.ThreadedConnectionPool):
         super().__init__(minconn, maxconn, *args, **kwargs)
         # psycopg2's _putconn keeps a returned connection while fewer than `minconn` are idle.
         self.minconn = maxconn
+
+    def close_idle(self) -> None:
+        """Close every idle connection; the next getconn() connects afresh."""
+        with self._lock:
+            for conn in self._pool:
+                conn.close()
+            self._pool.clear()
 
 
 class ConnectionPool:
@@ -113,9 +121,11 @@ class ConnectionPool:
                 metrics.DB_POOL_SIZE.labels(self.name).set(self._maxconn)
             return self._pool
 
-    def _checkout(self, pool: psycopg2.pool.ThreadedConnectionPool):
-        # Every idle connection may be stale after a database restart; try each once.
-        for _ in range(self._maxconn + 1):
+    def _checkout(self, pool: _KeepAlivePool):
+        # A connection that fails its ping means the server restarted or stopped answering:
+        # the other idle ones are as stale, and trying each in turn would cost a dropping
+        # server's timeout per connection. Close them all and try one new connection.
+        for attempt in range(2):
             conn = pool.getconn()
             try:
                 # One round trip: in autocommit the ping sends no BEGIN and needs no ROLLBACK.
@@ -126,7 +136,10 @@ class ConnectionPool:
                 return conn
             except CONNECTION_ERRORS:
                 pool.putconn(conn, close=True)
-        raise DatabaseUnavailable(f"{self.name}: no live connection after pre-ping")
+                if attempt:
+                    raise
+                pool.close_idle()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
