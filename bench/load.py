@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 from stacklib import Stack, StackError, log, run
@@ -48,19 +49,25 @@ def wrk(url: str, connections: int, seconds: int, *args: str, token: str = "") -
 
 
 class Scenario:
-    def __init__(self, key, title, url, args=(), before=None, kind="stack", sweep=None, token=""):
+    """`before` runs before each load (and again after the warm-up); `around`, a context
+    manager factory, holds a condition (a dependency blackholed) for the whole measurement."""
+
+    def __init__(
+        self, key, title, url, args=(), before=None, kind="stack", sweep=None, token="", around=None
+    ):
         self.key, self.title, self.url, self.args, self.token = key, title, url, args, token
-        self.before, self.kind = before, kind
+        self.before, self.kind, self.around = before, kind, around
         self.sweep = kind != "ceiling" if sweep is None else sweep
 
     def measure(self, connections: int, seconds: int, warmup: int) -> dict:
-        if self.before:
-            self.before()
-        if warmup:
-            wrk(self.url, connections, warmup, *self.args, token=self.token)
+        with self.around() if self.around else nullcontext():
             if self.before:
                 self.before()
-        return wrk(self.url, connections, seconds, *self.args, token=self.token)
+            if warmup:
+                wrk(self.url, connections, warmup, *self.args, token=self.token)
+                if self.before:
+                    self.before()
+            return wrk(self.url, connections, seconds, *self.args, token=self.token)
 
 
 def cache_counts(stack: Stack) -> dict[str, float]:

@@ -86,6 +86,12 @@ def markdown(report: dict) -> str:
                 f"\nEdge TLS, {results[plain]['title']}: {b['rps'] / a['rps']:.0%} of the HTTP "
                 f"req/s over HTTPS, p99 {a['p99_ms']:.1f} -> {b['p99_ms']:.1f} ms."
             )
+    if "uncached_get" in results and "uncached_get_redis_blackholed" in results:
+        a, b = results["uncached_get"]["fixed"], results["uncached_get_redis_blackholed"]["fixed"]
+        lines.append(
+            f"\nRedis blackholed (circuit breakers): uncached GET p99 {a['p99_ms']:.1f} ms healthy,"
+            f" {b['p99_ms']:.1f} ms with Redis dropping packets ({b['errors']} errors)."
+        )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for verdict in report["targets"]:
         lines.append(

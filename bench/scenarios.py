@@ -18,6 +18,7 @@ APP_DIR = "/opt/flaskfleet"  # app_base_dir
 ENV_FILE = "/etc/flaskfleet/flaskfleet.env"  # app_env_file
 AUX_DIR = "/opt/flaskfleet-bench"
 SEED_PRODUCTS = 60_000
+REDIS_PORT = 6379  # group_vars/all/ports.yml
 
 
 def first_app(stack: Stack) -> str:
@@ -205,6 +206,16 @@ def bench_scenarios(
             stack.url,
             ("walk", first, last),
             before=lambda: flush_cache(stack, secrets["vault_redis_admin_password"]),
+        ),
+        # The same walk with the cache Redis dropping packets: after each process's breaker
+        # opens the cache is skipped, so this p99 beside uncached_get's is what an outage costs.
+        Scenario(
+            "uncached_get_redis_blackholed",
+            "uncached product GET, Redis blackholed",
+            stack.url,
+            ("walk", first, last),
+            around=lambda: stack.blackhole("redis", REDIS_PORT),
+            sweep=False,
         ),
         Scenario(
             "order_post",

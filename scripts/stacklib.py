@@ -15,7 +15,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -133,6 +134,23 @@ class Stack:
 
     def lxc_exec(self, instance: str, *cmd, timeout: float = 300, check=True, input=None):
         return self.lxc("exec", instance, "--", *cmd, timeout=timeout, check=check, input=input)
+
+    @contextmanager
+    def blackhole(self, tier: str, port: int) -> Iterator[None]:
+        """Drop (not refuse) every packet reaching `port` on the tier's instance from another
+        host, as a broken cloud network does, until the block ends: an nftables table of its
+        own, hooked before the role's firewall and deleted afterwards."""
+        host = self.instance(tier)
+        rules = (
+            "add table inet ff_blackhole\n"
+            "add chain inet ff_blackhole input { type filter hook input priority -10; }\n"
+            f'add rule inet ff_blackhole input iifname != "lo" tcp dport {port} drop\n'
+        )
+        self.lxc_exec(host, "nft", "-f", "-", input=rules)
+        try:
+            yield
+        finally:
+            self.lxc_exec(host, "nft", "delete", "table", "inet", "ff_blackhole")
 
     def instance(self, tier: str) -> str:
         return f"{self.name}-{tier}"

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,12 +73,14 @@ def stack() -> Iterator[Stack]:
 @dataclass
 class Load:
     """A bounded load of GETs from a few threads: at most `limit` requests and
-    `seconds` of wall time, whichever comes first."""
+    `seconds` of wall time, whichever comes first. `url` is one URL, or a function
+    returning the next one (reads that must miss every cache)."""
 
-    url: str
+    url: str | Callable[[], str]
     threads: int = 8
     limit: int = 4000
     seconds: float = 120
+    timeout: float = 10
     statuses: Counter = field(default_factory=Counter)
     errors: list = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
@@ -95,7 +97,8 @@ class Load:
                     return
                 self._sent += 1
             try:
-                response = session.get(self.url, timeout=10)
+                url = self.url() if callable(self.url) else self.url
+                response = session.get(url, timeout=self.timeout)
                 with self._lock:
                     self.statuses[response.status_code] += 1
                     self.versions[response.headers.get("X-App-Version")] += 1

@@ -3,7 +3,9 @@ order: the failure tests come last, and promotion is the very last."""
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import re
 import subprocess
 import time
@@ -446,6 +448,113 @@ def test_stopping_an_app_node_under_load_fails_no_idempotent_request(stack):
         assert seen == {instance("app-1")}
     finally:
         lxc("start", instance("app-2"))
+    stack.wait_ready()
+
+
+# The app's breaker settings as deployed (the app's defaults; the app role does not change them).
+BREAKER_FAILURES = 3
+BREAKER_RESET_SECONDS = 5
+BLACKHOLE_SECONDS = 45
+# group_vars/all/ports.yml
+REDIS_PORT = 6379
+PG_PORT = 5432
+
+
+def app_metrics(host: str, address: str) -> dict[str, float]:
+    """One app node's /metrics, read on the node (exact counters, no scrape interval)."""
+    fetch = (
+        "import urllib.request; print(urllib.request.urlopen("
+        f"'http://{address}:8000/metrics', timeout=10).read().decode())"
+    )
+    text = lxc("exec", host, "--", "python3", "-c", fetch).stdout
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def gunicorn_processes(host: str) -> tuple[int, int]:
+    """(worker processes, threads each) of the node's Gunicorn, from its unit."""
+    unit = lxc("exec", host, "--", "systemctl", "show", "--property=Environment", "--value",
+               "flaskfleet.service").stdout  # fmt: skip
+    settings = dict(item.split("=", 1) for item in unit.split())
+    return int(settings["GUNICORN_WORKERS"]), int(settings["GUNICORN_THREADS"])
+
+
+def uncached_read_url(url: str):
+    """v2 list pages after random ids: every request misses nginx's and the app's cache."""
+
+    def next_url() -> str:
+        after = random.randrange(1, 10**9)  # noqa: S311 (a cache-busting key, not a secret)
+        cursor = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+        return f"{url}/api/v2/products?limit=5&cursor={cursor.rstrip('=')}"
+
+    return next_url
+
+
+def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
+    """Under uncached reads and retried idempotent orders, the cache Redis and the replica stop
+    answering (packets dropped): no request fails, every app process's breakers open after
+    at most the set failures (plus the calls already in flight, plus one per probe), requests
+    skip both meanwhile, and the breakers close again once the packets flow."""
+    _, product = new_product(stack, stock=100000)
+    apps = inventory_groups()["app"]
+    before = {host: app_metrics(host, address) for host, address in apps.items()}
+    with (
+        # Clients wait as long as nginx does (30 s): the first requests of each process pay
+        # the timeouts that open its breakers, and requests queued behind them wait too.
+        Load(uncached_read_url(stack.url), threads=4, seconds=300, limit=30000, timeout=30) as load,
+        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=2, seconds=300) as orders,
+    ):
+        time.sleep(5)
+        started = time.monotonic()
+        with stack.blackhole("redis", REDIS_PORT), stack.blackhole("postgres-replica", PG_PORT):
+            time.sleep(BLACKHOLE_SECONDS)
+            during = {host: app_metrics(host, address) for host, address in apps.items()}
+        window = time.monotonic() - started
+        # Closed again: a request probes each breaker after its cool-down (at most 60 s).
+        wait_for(
+            lambda: all(
+                app_metrics(host, address).get(f'flaskfleet_breaker_state{{breaker="{name}"}}') == 0
+                for host, address in apps.items()
+                for name in ("redis", "replica")
+            ),
+            bool,
+            "every breaker closed again",
+            seconds=120,
+            interval=5,
+        )
+    assert load.failed == 0, load.summary()
+    assert sum(load.statuses.values()) > 200, load.summary()
+    assert orders.failed == [], orders.summary()
+    assert len(orders.acknowledged) > 20, orders.summary()
+    for host in apps:
+        workers, threads = gunicorn_processes(host)
+        # Failures each process may pay before its breaker opens, and at most one probe per
+        # cool-down (at least 3/4 of BREAKER_RESET_SECONDS) for the rest of the window.
+        bound = workers * (BREAKER_FAILURES + threads - 1 + window / (BREAKER_RESET_SECONDS * 0.75))
+
+        def delta(sample: str, host=host) -> float:
+            return during[host].get(sample, 0) - before[host].get(sample, 0)
+
+        cache_errors = delta('flaskfleet_cache_requests_total{result="error"}')
+        cache_skipped = delta('flaskfleet_cache_requests_total{result="skipped"}')
+        replica_down = delta('flaskfleet_db_reads_to_primary_total{reason="replica_down"}')
+        replica_skipped = delta('flaskfleet_db_reads_to_primary_total{reason="replica_skipped"}')
+        figures = json.dumps({"host": host, "bound": bound, "cache_errors": cache_errors,
+                              "cache_skipped": cache_skipped, "replica_down": replica_down,
+                              "replica_skipped": replica_skipped})  # fmt: skip
+        assert during[host]['flaskfleet_breaker_state{breaker="redis"}'] >= 1, figures
+        assert during[host]['flaskfleet_breaker_state{breaker="replica"}'] >= 1, figures
+        assert delta('flaskfleet_breaker_opened_total{breaker="redis"}') >= 1, figures
+        assert delta('flaskfleet_breaker_opened_total{breaker="replica"}') >= 1, figures
+        assert 0 < cache_errors <= bound, figures
+        assert 0 < replica_down <= bound, figures
+        assert cache_skipped > cache_errors, figures
+        assert replica_skipped > replica_down, figures
+    assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
     stack.wait_ready()
 
 

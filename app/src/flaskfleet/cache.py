@@ -130,4 +130,5 @@ class ProductCache:
         try:
             pipeline.execute()
         except redis.RedisError as exc:
-            self._unreachable(exc)
+            # Not a look-up: logged, not counted in flaskfleet_cache_requests_total.
+            log.warning("cache invalidation failed", extra={"error": str(exc)})
