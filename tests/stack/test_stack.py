@@ -530,6 +530,7 @@ def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
     assert sum(load.statuses.values()) > 200, load.summary()
     assert orders.failed == [], orders.summary()
     assert len(orders.acknowledged) > 20, orders.summary()
+    recorded = {"window_s": round(window), "reads": load.summary(), "orders": orders.summary()}
     for host in apps:
         workers, threads = gunicorn_processes(host)
         # Failures each process may pay before its breaker opens, and at most one probe per
@@ -546,6 +547,7 @@ def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
         figures = json.dumps({"host": host, "bound": bound, "cache_errors": cache_errors,
                               "cache_skipped": cache_skipped, "replica_down": replica_down,
                               "replica_skipped": replica_skipped})  # fmt: skip
+        recorded[host] = json.loads(figures)
         assert during[host]['flaskfleet_breaker_state{breaker="redis"}'] >= 1, figures
         assert during[host]['flaskfleet_breaker_state{breaker="replica"}'] >= 1, figures
         assert delta('flaskfleet_breaker_opened_total{breaker="redis"}') >= 1, figures
@@ -554,6 +556,7 @@ def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
         assert 0 < replica_down <= bound, figures
         assert cache_skipped > cache_errors, figures
         assert replica_skipped > replica_down, figures
+    (LOG_DIR / "blackhole.json").write_text(json.dumps(recorded, indent=1))
     assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
     stack.wait_ready()
 
