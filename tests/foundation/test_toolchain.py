@@ -49,9 +49,7 @@ def wait_for_boot(container):
     deadline = time.monotonic() + 60
     while True:
         state = run("docker", "exec", container, "systemctl", "is-system-running", "--wait")
-        not_up_yet = (
-            state.stdout.strip() == "offline" or "Failed to connect to bus" in state.stderr
-        )
+        not_up_yet = state.stdout.strip() == "offline" or "Failed to connect to bus" in state.stderr
         if not not_up_yet or time.monotonic() > deadline:
             return state
         time.sleep(0.5)
