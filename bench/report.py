@@ -118,6 +118,8 @@ def markdown(report: dict) -> str:
             ("cold_make_up_s", "cold `make up` (tools cached; VMs, site.yml, smoke)"),
             ("nochange_make_up_s", "no-change `make up`"),
             ("deploy_s", "one `deploy.yml` (2 nodes, rolling)"),
+            ("scale_out_s", "`make scale`: one app node added (configured, proven ready, routed)"),
+            ("scale_in_s", "`make scale`: that node drained and removed"),
         ]:
             if key in deploy:
                 share = f"{deploy[key] / cold:.0%}" if cold else ""

@@ -110,9 +110,13 @@ def deploy_figures(stack: Stack) -> dict:
     log(f"deploy.yml of {release}")
     stack.run("bash", ROOT / "scripts" / "release.sh", release, timeout=600)
     deploy["deploy_s"] = round(
-        stack.timed(*STACK_SH, "ansible-playbook", "deploy.yml", "-e", f"app_release={release}"),
+        stack.timed(*STACK_SH, "ansible-playbook", "deploy.yml", "-e", f"deploy_release={release}"),
         1,
     )
+    apps = len(stack.groups()["app"])
+    log(f"make scale: one app node more ({apps + 1}), then back to {apps}")
+    deploy["scale_out_s"] = round(stack.timed(*STACK_SH, "scale", str(apps + 1)), 1)
+    deploy["scale_in_s"] = round(stack.timed(*STACK_SH, "scale", str(apps)), 1)
     return deploy
 
 

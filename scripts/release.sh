@@ -10,19 +10,22 @@
 # Builds are cached by release name and source fingerprint, so an unchanged tree
 # is built once; the same name with changed sources builds again (but a host
 # that already has the release keeps it: deploy changed code under a new name).
-# Prints the archive's path.
+# Prints the archive's path. FF_APP_SOURCE builds another copy of app/ instead
+# (the stack tests build a deliberately broken release from one).
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
 uv=$FF_ROOT/.venv/bin/uv
 
-version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' app/src/flaskfleet/_version.py)
+source=${FF_APP_SOURCE:-app}
+[ -f "$source/pyproject.toml" ] || die "FF_APP_SOURCE=$source is not a copy of app/ (no pyproject.toml)"
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$source/src/flaskfleet/_version.py")
 release=${1:-$version}
 [[ $release =~ ^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$ ]] ||
   die "release name must be 1-64 characters of letters, digits and ._+- (it names a directory and an HTTP header): $release"
 
 fingerprint=$(
   {
-    find app/src app/pyproject.toml app/gunicorn.conf.py app/README.md -type f \
+    find "$source/src" "$source/pyproject.toml" "$source/gunicorn.conf.py" "$source/README.md" -type f \
       ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum
     sha256sum requirements/main.txt
     echo "$APP_HOST_PYTHON $APP_HOST_PLATFORM"
@@ -36,7 +39,7 @@ if [ ! -s "$build/release.tar" ]; then
   log "building release $release (flaskfleet $version, source $fingerprint) for Python $APP_HOST_PYTHON on $APP_HOST_PLATFORM"
   rm -rf "$build" && mkdir -p "$build/source" "$build/release/wheels"
   # A copy, so building leaves the working tree alone.
-  tar -C app --exclude=build --exclude='*.egg-info' --exclude=__pycache__ --exclude=tests -cf - . |
+  tar -C "$source" --exclude=build --exclude='*.egg-info' --exclude=__pycache__ --exclude=tests -cf - . |
     tar -C "$build/source" -xf -
   .venv/bin/python -m build -q --no-isolation --wheel --outdir "$build/release/wheels" "$build/source" >/dev/null
   wheel=$(cd "$build/release/wheels" && ls flaskfleet-*.whl)
@@ -57,7 +60,7 @@ if [ ! -s "$build/release.tar" ]; then
     --dest "$build/release/wheels" --requirement "$build/release/requirements.txt"
   echo "flaskfleet==$version --hash=sha256:$(sha256sum "$build/release/wheels/$wheel" | cut -d' ' -f1)" \
     >>"$build/release/requirements.txt"
-  cp app/gunicorn.conf.py "$build/release/"
+  cp "$source/gunicorn.conf.py" "$build/release/"
   tar -C "$build/release" -cf "$build/release.tar.partial" wheels requirements.txt gunicorn.conf.py
   mv "$build/release.tar.partial" "$build/release.tar"
 fi

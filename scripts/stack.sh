@@ -3,7 +3,7 @@
 # (make down), `stack.sh apply|destroy [TOFU_ARGS]` (the VMs only: make
 # tf-apply-local, tf-destroy-local), `stack.sh smoke`, `stack.sh
 # ansible-playbook ARGS...` (a playbook against the stack with its inventory
-# and secrets). Ansible logs in over SSH with the stack's own key
+# and secrets), `stack.sh scale APP [WORKERS]` (make scale). Ansible logs in over SSH with the stack's own key
 # (.secrets/<stack>/ssh/).
 #
 #   FF_STACK      name of the stack: instance-name prefix and OpenTofu
@@ -113,8 +113,21 @@ migrate_tier_state() {
   done
 }
 
+# The stack's node counts, kept by `make scale` and read by every apply, so
+# `make up` keeps the nodes a scale added. Terraform tfvars JSON: the aws
+# environment takes the same file (-var-file).
+counts=$state/counts.tfvars.json
+
 # vms [TOFU_ARGS...]: the stack's VMs, its inventory and its known_hosts.
 vms() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      *app_count=* | *worker_count=*)
+        die "set node counts with make scale APP=<n> [WORKERS=<m>]: a count given to one apply is forgotten by the next make up" ;;
+    esac
+  done
+  if [ -s "$counts" ]; then set -- -var-file="$FF_ROOT/$counts" "$@"; fi
   bash scripts/secrets.sh "$stack" >/dev/null
   admin_key
   tf_admin init -input=false >/dev/null
@@ -193,6 +206,77 @@ smoke() {
     "http://127.0.0.1:$TF_VAR_alertmanager_host_port/-/ready"
 }
 
+# inventory_hosts GROUP: the group's hosts in the current inventory, one a line.
+inventory_hosts() {
+  python3 -c 'import json, sys; print(*json.load(open(sys.argv[1]))["all"]["children"][sys.argv[2]].get("hosts") or {}, sep="\n")' \
+    "$inventory/hosts.json" "$1"
+}
+
+# release_version: the app's package version, the release make up installs.
+release_version() {
+  sed -n 's/^__version__ = "\(.*\)"$/\1/p' app/src/flaskfleet/_version.py
+}
+
+# json_list WORD...: the words as a JSON list (host names: no quoting needed).
+json_list() {
+  python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@"
+}
+
+# scale APP [WORKERS]: change the number of app nodes (and workers) of a
+# running stack without failing a request: new app nodes are configured and
+# proven ready before any load balancer routes to them; app nodes to remove are
+# drained and workers warm-stopped before Terraform removes them. Terraform
+# removes the highest-numbered nodes, so those are the ones retired.
+scale() {
+  local app=${1:-} workers=${2:-} old_app old_workers retiring_app=() retiring_workers=() i
+  [[ $app =~ ^[0-9]+$ ]] && ((10#$app >= 1 && 10#$app <= 50)) ||
+    die "APP must be a whole number of app nodes from 1 to 50 (got '$app'): make scale APP=<n> [WORKERS=<m>]"
+  [ -z "$workers" ] || { [[ $workers =~ ^[0-9]+$ ]] && ((10#$workers <= 50)); } ||
+    die "WORKERS must be a whole number of workers from 0 to 50 (got '$workers')"
+  [ -s "$inventory/hosts.json" ] || die "stack $stack is not up (no $inventory/hosts.json): make up first"
+  app=$((10#$app))
+  local before_hosts
+  before_hosts=$(inventory_hosts app)
+  old_app=$(grep -c . <<<"$before_hosts")
+  old_workers=$(inventory_hosts worker | grep -c . || true)
+  workers=$((10#${workers:-$old_workers}))
+  if ((app == old_app && workers == old_workers)); then
+    log "stack $stack already has $app app nodes and $workers workers"
+    return
+  fi
+  # The release the fleet serves (a deploy may have moved it past the package
+  # version site.yml would install): new nodes join on it, the others keep it.
+  local release
+  release=$(curl -fsS --max-time 5 -D - -o /dev/null "http://$(lb_address)/healthz" |
+    sed -n 's/^x-app-version: *\([^[:space:]]*\).*/\1/Ip')
+  [ -n "$release" ] || die "could not read the serving release (X-App-Version of /healthz): is the stack up?"
+  [ -s "dist/flaskfleet-$release.tar" ] || { [ "$release" = "$(release_version)" ] && bash scripts/release.sh >/dev/null; } ||
+    die "the fleet serves release $release, whose archive dist/flaskfleet-$release.tar is not here: make release RELEASE=$release"
+  for ((i = app + 1; i <= old_app; i++)); do retiring_app+=("$stack-app-$i"); done
+  for ((i = workers + 1; i <= old_workers; i++)); do retiring_workers+=("$stack-worker-$i"); done
+  log "scaling $stack: app nodes $old_app -> $app, workers $old_workers -> $workers (log: $state/scale.log)"
+  : >"$state/scale.log"
+  if ((${#retiring_app[@]} + ${#retiring_workers[@]})); then
+    log "draining ${retiring_app[*]:-no app node} and warm-stopping ${retiring_workers[*]:-no worker}"
+    playbook scale.yml -e "{\"scale_retiring_app\": $(json_list "${retiring_app[@]}"),
+      \"scale_retiring_workers\": $(json_list "${retiring_workers[@]}")}" >>"$state/scale.log" ||
+      die "draining failed, nothing removed: see $state/scale.log"
+  fi
+  printf '{"app_count": %d, "worker_count": %d}\n' "$app" "$workers" >"$counts.partial"
+  mv "$counts.partial" "$counts"
+  log "VMs: tofu apply"
+  vms
+  local adding
+  # shellcheck disable=SC2046  # host names: one word each
+  adding=$(json_list $(inventory_hosts app | grep -vxF "$before_hosts"))
+  log "configuring the stack with release $release (full log: $state/scale.log); new app nodes stay out of the load balancers"
+  playbook site.yml -e "{\"app_release\": \"$release\", \"nginx_upstream_drained\": $adding}" \
+    >>"$state/scale.log" || die "site.yml failed: see $state/scale.log"
+  log "proving every app node ready, then routing to all of them"
+  playbook scale.yml >>"$state/scale.log" || die "a node is not ready; it stays out of the load balancers: see $state/scale.log"
+  log "stack $stack: $app app nodes, $workers workers"
+}
+
 down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
   destroy_vms
@@ -206,6 +290,7 @@ case "${1:-}" in
   apply) shift; vms "$@" ;;
   destroy) shift; destroy_vms "$@" ;;
   smoke) smoke ;;
+  scale) shift; scale "$@" ;;
   ansible-playbook) shift; playbook "$@" ;;
-  *) die "usage: stack.sh up|down|apply [TOFU_ARGS]|destroy [TOFU_ARGS]|smoke|ansible-playbook ARGS..." ;;
+  *) die "usage: stack.sh up|down|apply [TOFU_ARGS]|destroy [TOFU_ARGS]|smoke|scale APP [WORKERS]|ansible-playbook ARGS..." ;;
 esac

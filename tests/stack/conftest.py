@@ -21,7 +21,15 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from stacklib import STACK_SH, OrderLoad, Stack, recap_changed, wait_for, wait_until_confirmed
+from stacklib import (
+    ROOT,
+    STACK_SH,
+    OrderLoad,
+    Stack,
+    recap_changed,
+    wait_for,
+    wait_until_confirmed,
+)
 
 STACK = os.environ.get("FF_STACK", "ff-test")
 PORT = int(os.environ.get("FF_HTTP_PORT", "8091"))
@@ -41,6 +49,8 @@ inventory_groups = driver.groups
 
 __all__ = [
     "LOG_DIR",
+    "ROOT",
+    "STACK_SH",
     "Load",
     "OrderLoad",
     "instance",
@@ -56,6 +66,12 @@ __all__ = [
     "wait_for",
     "wait_until_confirmed",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "scale: make scale under load (make test-scale; not in make test yet)"
+    )
 
 
 @pytest.fixture(scope="session")

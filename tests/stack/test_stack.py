@@ -7,13 +7,17 @@ import base64
 import json
 import random
 import re
+import shutil
 import subprocess
 import time
 import uuid
 
+import pytest
 import requests
 from conftest import (
     LOG_DIR,
+    ROOT,
+    STACK_SH,
     Load,
     OrderLoad,
     instance,
@@ -355,7 +359,7 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
         OrderLoad(stack.url, stack.session("shop"), product["id"], rate=4, seconds=600) as orders,
     ):
         time.sleep(2)
-        playbook("deploy.yml", "-e", f"app_release={release}")
+        playbook("deploy.yml", "-e", f"deploy_release={release}")
         time.sleep(2)
     assert load.failed == 0, load.summary()
     assert sum(load.statuses.values()) > 100, load.summary()
@@ -371,6 +375,121 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
     for worker in (instance("worker-1"), instance("worker-2")):
         current = lxc("exec", worker, "--", "readlink", "/opt/flaskfleet/current").stdout
         assert current.strip().endswith(release), worker
+
+
+def serving_releases(stack) -> dict[str, str]:
+    """App node -> the release it serves, over 30 requests to the admin side."""
+    nodes = {}
+    for _ in range(30):
+        response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
+        nodes[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
+    return nodes
+
+
+def test_a_broken_release_is_caught_by_the_canary_and_rolled_back(stack, tmp_path):
+    """A copy of the app whose order route fails (500 before anything is stored), deployed under
+    reads and orders that clients retry with the same key: it passes readiness and the smoke
+    reads, the canary's order route fails the comparison with the other node, the canary is
+    switched back, the run stops naming the check and its figures, the whole fleet and the
+    workers stay on the old release, and no client request failed."""
+    before = serving_releases(stack)
+    assert set(before) == {instance("app-1"), instance("app-2")}, before
+    (old,) = set(before.values())
+    source = tmp_path / "app"
+    shutil.copytree(
+        ROOT / "app", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    api = source / "src" / "flaskfleet" / "api.py"
+    handler = "def place_order() -> Response:\n"
+    assert handler in api.read_text()
+    api.write_text(
+        api.read_text().replace(
+            handler, handler + '    raise RuntimeError("deliberate fault of the canary test")\n'
+        )
+    )
+    broken = f"0.1.0+broken{int(time.time())}"
+    run("bash", "scripts/release.sh", broken, env={**stack.env, "FF_APP_SOURCE": str(source)})
+    _, product = new_product(stack, stock=100000)
+    with (
+        Load(uncached_read_url(stack.url), threads=2, seconds=600, limit=40000, timeout=30) as load,
+        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=3, seconds=600) as orders,
+    ):
+        time.sleep(2)
+        deploy = stack.run(
+            *STACK_SH, "ansible-playbook", "deploy.yml", "-e", f"deploy_release={broken}",
+            timeout=900, check=False,
+        )  # fmt: skip
+        time.sleep(2)
+    output = deploy.stdout + deploy.stderr
+    (LOG_DIR / "canary-deploy.log").write_text(output)
+    assert deploy.returncode != 0, output[-3000:]
+    failure = re.search(r"Release \S+ failed on (\S+) \(canary\): (.*?)\. The node", output, re.S)
+    assert failure, output[-3000:]
+    assert failure[1] == instance("app-1"), failure[0]
+    assert "Check the canary's error ratio per route" in failure[2], failure[0]
+    assert re.search(
+        r"POST /api/v1/orders: error ratio 1\.000 over \d+ requests against 0\.000 over \d+",
+        " ".join(failure[2].split()),
+    ), failure[0]
+    assert f"back on {old}" in output
+    assert serving_releases(stack) == before
+    for worker in (instance("worker-1"), instance("worker-2")):
+        current = lxc("exec", worker, "--", "readlink", "/opt/flaskfleet/current").stdout
+        assert current.strip().endswith(old), worker
+    assert load.failed == 0, load.summary()
+    assert orders.failed == [], orders.summary()
+    # Orders the canary refused were retried with the same key and placed by the other node.
+    assert orders.attempts[500] > 0, orders.summary()
+    assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
+
+
+def served_by(stack) -> set[str]:
+    """The app nodes answering through the load balancer's admin side, over 30 requests."""
+    return {
+        requests.get(f"{stack.ops_url}/healthz", timeout=5).headers["X-Served-By"]
+        for _ in range(30)
+    }
+
+
+@pytest.mark.scale
+def test_scaling_out_and_back_in_under_load_fails_no_request(stack):
+    """make scale APP=3 then APP=2 under uncached reads and retried idempotent orders: the new
+    node serves once configured and proven ready, the count survives another apply, the
+    retired node is drained before it is removed, and no request fails."""
+    _, product = new_product(stack, stock=100000)
+    counts = LOG_DIR / "counts.tfvars.json"
+    with (
+        Load(
+            uncached_read_url(stack.url), threads=4, seconds=1500, limit=100000, timeout=30
+        ) as load,
+        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=2, seconds=1500) as orders,
+    ):
+        time.sleep(2)
+        started = time.monotonic()
+        run("make", "--no-print-directory", "scale", "APP=3", timeout=1200)
+        scaled_out = time.monotonic() - started
+        assert json.loads(counts.read_text()) == {"app_count": 3, "worker_count": 2}
+        assert served_by(stack) == {instance("app-1"), instance("app-2"), instance("app-3")}
+        # The original bug: the next apply (as make up runs it) destroyed the added node.
+        run("bash", "scripts/stack.sh", "apply", timeout=600)
+        assert len(inventory_groups()["app"]) == 3
+        started = time.monotonic()
+        run("make", "--no-print-directory", "scale", "APP=2", timeout=1200)
+        scaled_in = time.monotonic() - started
+        time.sleep(2)
+    assert load.failed == 0, load.summary()
+    assert sum(load.statuses.values()) > 500, load.summary()
+    assert orders.failed == [], orders.summary()
+    assert json.loads(counts.read_text()) == {"app_count": 2, "worker_count": 2}
+    assert sorted(inventory_groups()["app"]) == [instance("app-1"), instance("app-2")]
+    assert lxc("info", instance("app-3"), check=False).returncode != 0
+    assert served_by(stack) == {instance("app-1"), instance("app-2")}
+    upstream = lxc("exec", instance("lb"), "--", "cat", "/etc/nginx/flaskfleet/upstream.conf")
+    assert instance("app-3") not in upstream.stdout
+    assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
+    timing = {"scale_out_s": round(scaled_out), "scale_in_s": round(scaled_in)}
+    timing |= {"reads": load.summary(), "orders": orders.summary()}
+    (LOG_DIR / "scale-timing.json").write_text(json.dumps(timing))
 
 
 def receipts(order_id: str) -> int:
