@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+JUDGEMENT = ROOT / "tasks" / "deploy-canary-judge.yml"
 SETTINGS = {
     "deploy_canary_seconds": 30,
     "deploy_canary_min_requests": 20,
@@ -64,7 +65,7 @@ def judge(tmp_path: Path, canary: str, other: str) -> subprocess.CompletedProces
                 "deploy_metrics_before": results(BEFORE, BEFORE),
                 "deploy_metrics_after": results(canary, other),
             },
-            "tasks": [{"ansible.builtin.include_tasks": str(ROOT / "tasks" / "deploy-canary-judge.yml")}],
+            "tasks": [{"ansible.builtin.include_tasks": str(JUDGEMENT)}],
         }
     ]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))

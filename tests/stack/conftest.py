@@ -100,6 +100,7 @@ class Load:
     statuses: Counter = field(default_factory=Counter)
     errors: list = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
+    reconnects: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sent: int = 0
@@ -112,9 +113,20 @@ class Load:
                 if self._sent >= self.limit:
                     return
                 self._sent += 1
+            url = self.url() if callable(self.url) else self.url
             try:
-                url = self.url() if callable(self.url) else self.url
-                response = session.get(url, timeout=self.timeout)
+                try:
+                    response = session.get(url, timeout=self.timeout)
+                except requests.ConnectionError as exc:
+                    # A keep-alive connection nginx closed while idle (each reload does) may fail
+                    # the next request sent on it before any answer. Like browsers and HTTP
+                    # libraries, retry such a GET once on a new connection (RFC 9110, 9.2.2);
+                    # any other error, or a second one, is a failed request.
+                    if "RemoteDisconnected" not in repr(exc):
+                        raise
+                    with self._lock:
+                        self.reconnects += 1
+                    response = session.get(url, timeout=self.timeout)
                 with self._lock:
                     self.statuses[response.status_code] += 1
                     self.versions[response.headers.get("X-App-Version")] += 1
@@ -140,5 +152,10 @@ class Load:
 
     def summary(self) -> str:
         return json.dumps(
-            {"statuses": dict(self.statuses), "errors": self.errors[:5], "sent": self._sent}
+            {
+                "statuses": dict(self.statuses),
+                "errors": self.errors[:5],
+                "sent": self._sent,
+                "retried_on_a_closed_keepalive_connection": self.reconnects,
+            }
         )

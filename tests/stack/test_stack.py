@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 import requests
+import stacklib
 from conftest import (
     LOG_DIR,
     ROOT,
@@ -408,7 +409,9 @@ def test_a_broken_release_is_caught_by_the_canary_and_rolled_back(stack, tmp_pat
         )
     )
     broken = f"0.1.0+broken{int(time.time())}"
-    run("bash", "scripts/release.sh", broken, env={**stack.env, "FF_APP_SOURCE": str(source)})
+    stacklib.run(
+        "bash", "scripts/release.sh", broken, env={**stack.env, "FF_APP_SOURCE": str(source)}
+    )
     _, product = new_product(stack, stock=100000)
     with (
         Load(uncached_read_url(stack.url), threads=2, seconds=600, limit=40000, timeout=30) as load,
