@@ -463,9 +463,11 @@ def test_scaling_out_and_back_in_under_load_fails_no_request(stack):
     counts = LOG_DIR / "counts.tfvars.json"
     with (
         Load(
-            uncached_read_url(stack.url), threads=4, seconds=1500, limit=100000, timeout=30
+            uncached_read_url(stack.url), threads=4, seconds=1800, limit=400000, timeout=30
         ) as load,
-        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=2, seconds=1500) as orders,
+        OrderLoad(
+            stack.url, stack.session("shop"), product["id"], rate=2, seconds=1800, limit=4000
+        ) as orders,
     ):
         time.sleep(2)
         started = time.monotonic()
@@ -483,6 +485,9 @@ def test_scaling_out_and_back_in_under_load_fails_no_request(stack):
     assert load.failed == 0, load.summary()
     assert sum(load.statuses.values()) > 500, load.summary()
     assert orders.failed == [], orders.summary()
+    # Both loads ran to the end of the scaling, not out of their bounds before it.
+    assert load.limit > sum(load.statuses.values()), load.summary()
+    assert orders.limit > len(orders.acknowledged), orders.summary()
     assert json.loads(counts.read_text()) == {"app_count": 2, "worker_count": 2}
     assert sorted(inventory_groups()["app"]) == [instance("app-1"), instance("app-2")]
     assert lxc("info", instance("app-3"), check=False).returncode != 0
