@@ -12,6 +12,19 @@ hold_lock lxd
 LXD_BRIDGE_ADDRESS=${LXD_BRIDGE_ADDRESS:-10.118.0.1/24}
 LXD_LOG=/var/log/flaskfleet-lxd.log
 
+# Every system container's systemd takes inotify instances from the host's one
+# per-user budget, and the kernel default (128) runs out at about one stack of
+# ten: the next container's systemd stalls at boot ("Failed to create inotify
+# object: Too many open files") and never starts sshd. LXD's production setup
+# guide raises both limits; raise them here (no sysctl.d without systemd), only
+# ever upwards.
+raise_sysctl() {
+  local key=$1 wanted=$2
+  if [ "$(sysctl -n "$key")" -lt "$wanted" ]; then sysctl -qw "$key=$wanted"; fi
+}
+raise_sysctl fs.inotify.max_user_instances 1024
+raise_sysctl fs.inotify.max_user_watches 1048576
+
 # dnsmasq-base is only recommended by lxd, but managed bridges need it for DHCP.
 apt_ensure lxd lxd-client dnsmasq-base
 
