@@ -20,7 +20,9 @@ LXD_LOG=/var/log/flaskfleet-lxd.log
 # ever upwards.
 raise_sysctl() {
   local key=$1 wanted=$2
-  if [ "$(sysctl -n "$key")" -lt "$wanted" ]; then sysctl -qw "$key=$wanted"; fi
+  if [ "$(sysctl -n "$key")" -lt "$wanted" ]; then
+    sysctl -qw "$key=$wanted" || log "could not raise $key to $wanted: more than one stack at a time may not boot"
+  fi
 }
 raise_sysctl fs.inotify.max_user_instances 1024
 raise_sysctl fs.inotify.max_user_watches 1048576
