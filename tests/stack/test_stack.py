@@ -576,6 +576,14 @@ def test_stopping_an_app_node_under_load_fails_no_idempotent_request(stack):
     finally:
         lxc("start", instance("app-2"))
     stack.wait_ready()
+    # Back in the pool (its network and Gunicorn up again) before the next test.
+    wait_for(
+        lambda: served_by(stack),
+        lambda nodes: nodes == {instance("app-1"), instance("app-2")},
+        "both app nodes serving again",
+        seconds=120,
+        interval=2,
+    )
 
 
 # The app's breaker settings as deployed (the app's defaults; the app role does not change them).
@@ -593,7 +601,10 @@ def app_metrics(host: str, address: str) -> dict[str, float]:
         "import urllib.request; print(urllib.request.urlopen("
         f"'http://{address}:8000/metrics', timeout=10).read().decode())"
     )
-    text = lxc("exec", host, "--", "python3", "-c", fetch).stdout
+    result = lxc("exec", host, "--", "python3", "-c", fetch, check=False)
+    if result.returncode != 0:
+        return {}  # not answering (yet): the callers wait or fail on the missing samples
+    text = result.stdout
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -628,7 +639,16 @@ def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
     skip both meanwhile, and the breakers close again once the packets flow."""
     _, product = new_product(stack, stock=100000)
     apps = inventory_groups()["app"]
-    before = {host: app_metrics(host, address) for host, address in apps.items()}
+    before = {
+        host: wait_for(
+            lambda host=host, address=address: app_metrics(host, address),
+            bool,
+            f"{host}'s /metrics",
+            seconds=60,
+            interval=2,
+        )
+        for host, address in apps.items()
+    }
     with (
         # Clients wait as long as nginx does (30 s): the first requests of each process pay
         # the timeouts that open its breakers, and requests queued behind them wait too.
