@@ -5,6 +5,13 @@ from contextlib import ExitStack
 from flaskfleet.db import ConnectionPool, Database
 
 
+def primary_pool(cluster, maxconn: int) -> ConnectionPool:
+    return ConnectionPool(
+        "test", cluster.primary.url(), minconn=1, maxconn=maxconn, timeout=5, connect_timeout=3,
+        statement_timeout=10,
+    )  # fmt: skip
+
+
 def backend_pids(pool: ConnectionPool, concurrent: int) -> set[int]:
     """Check out `concurrent` connections at once; return their server process ids."""
     with ExitStack() as stack:
@@ -18,15 +25,7 @@ def backend_pids(pool: ConnectionPool, concurrent: int) -> set[int]:
 
 
 def test_connections_beyond_the_minimum_stay_open_for_the_next_checkout(cluster):
-    pool = ConnectionPool(
-        "test",
-        cluster.primary.url(),
-        minconn=1,
-        maxconn=4,
-        timeout=5,
-        connect_timeout=3,
-        statement_timeout=10,
-    )
+    pool = primary_pool(cluster, maxconn=4)
     try:
         first = backend_pids(pool, 3)
         assert len(first) == 3
@@ -37,15 +36,7 @@ def test_connections_beyond_the_minimum_stay_open_for_the_next_checkout(cluster)
 
 
 def test_a_checked_out_connection_is_idle_and_in_a_transaction_only_when_used(cluster):
-    pool = ConnectionPool(
-        "test",
-        cluster.primary.url(),
-        minconn=1,
-        maxconn=2,
-        timeout=5,
-        connect_timeout=3,
-        statement_timeout=10,
-    )
+    pool = primary_pool(cluster, maxconn=2)
     try:
         with pool.connection() as conn:
             # The pre-ping left no transaction open and restored transactional mode.
@@ -59,15 +50,7 @@ def test_a_checked_out_connection_is_idle_and_in_a_transaction_only_when_used(cl
 
 
 def test_reads_run_without_a_transaction_around_them(cluster):
-    primary = ConnectionPool(
-        "test",
-        cluster.primary.url(),
-        minconn=1,
-        maxconn=2,
-        timeout=5,
-        connect_timeout=3,
-        statement_timeout=10,
-    )
+    primary = primary_pool(cluster, maxconn=2)
 
     def query(conn):
         with conn.cursor() as cur:
@@ -87,10 +70,7 @@ def test_reads_run_without_a_transaction_around_them(cluster):
 
 
 def test_one_stale_connection_replaces_every_idle_one_with_one_new_connection(cluster):
-    pool = ConnectionPool(
-        "test", cluster.primary.url(), minconn=1, maxconn=4, timeout=5, connect_timeout=3,
-        statement_timeout=10,
-    )  # fmt: skip
+    pool = primary_pool(cluster, maxconn=4)
     try:
         old = backend_pids(pool, 3)
         # As after a server restart: every pooled connection is dead.
