@@ -142,13 +142,19 @@ def counter(metrics_text: str, name: str, **labels) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+# Open after two failures and stay open for the rest of the test.
+OPENS_AFTER_TWO_FAILURES = {
+    "FLASKFLEET_BREAKER_FAILURES": "2",
+    "FLASKFLEET_BREAKER_RESET_SECONDS": "60",
+    "FLASKFLEET_BREAKER_MAX_RESET_SECONDS": "60",
+}
+
+
 def test_silent_redis_is_skipped_after_the_set_failures(make_app, product, silent_port):
     created = product(sku="SILENT-REDIS")
     app = make_app(
         FLASKFLEET_REDIS_URL=f"redis://127.0.0.1:{silent_port}/0",
-        FLASKFLEET_BREAKER_FAILURES="2",
-        FLASKFLEET_BREAKER_RESET_SECONDS="60",
-        FLASKFLEET_BREAKER_MAX_RESET_SECONDS="60",
+        **OPENS_AFTER_TWO_FAILURES,
     )
     client = app.test_client()
     before = client.get("/metrics").data.decode()
@@ -180,9 +186,7 @@ def test_silent_replica_is_skipped_after_the_set_failures(make_app, product, sil
         # No cache: every read below goes to a database.
         FLASKFLEET_REDIS_URL="",
         FLASKFLEET_DB_CONNECT_TIMEOUT="2",
-        FLASKFLEET_BREAKER_FAILURES="2",
-        FLASKFLEET_BREAKER_RESET_SECONDS="60",
-        FLASKFLEET_BREAKER_MAX_RESET_SECONDS="60",
+        **OPENS_AFTER_TWO_FAILURES,
     )
     client = app.test_client()
     before = client.get("/metrics").data.decode()
