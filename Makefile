@@ -13,7 +13,7 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 TEST_SUITES := lint foundation terraform app rules playbooks $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
 
 .PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-playbooks test-roles test-stack test-scale \
-	up down scale release deploy promote bench loadtest \
+	up down scale restore restore-done release deploy promote bench loadtest \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
@@ -66,6 +66,12 @@ up: setup ## Bring the whole stack up locally and print its URL (FF_STACK, FF_HT
 
 scale: setup ## Change the node counts of the running stack: make scale APP=<n> [WORKERS=<m>] (kept for make up)
 	@bash scripts/stack.sh scale "$(APP)" "$(WORKERS)"
+
+restore: setup ## Point-in-time restore onto a scratch VM, checked and reported: make restore TIME='<time>' (UTC unless zoned)
+	@bash scripts/stack.sh restore "$$TIME"
+
+restore-done: ## Remove the scratch VM make restore made
+	@bash scripts/stack.sh restore-done
 
 down: ## Remove everything make up made
 	@bash scripts/stack.sh down

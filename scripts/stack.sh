@@ -4,7 +4,8 @@
 # tf-apply-local, tf-destroy-local), `stack.sh smoke`, `stack.sh
 # ansible-playbook ARGS...` (a playbook against the stack with its inventory
 # and secrets), `stack.sh scale APP [WORKERS]` (make scale). Ansible logs in over SSH with the stack's own key
-# (.secrets/<stack>/ssh/).
+# (.secrets/<stack>/ssh/). `stack.sh restore TIME` / `restore-done` (make
+# restore, make restore-done): point-in-time restore on a scratch VM.
 #
 #   FF_STACK      name of the stack: instance-name prefix and OpenTofu
 #                 workspace (default ff). The ff stack's inventory is
@@ -113,10 +114,24 @@ migrate_tier_state() {
   done
 }
 
-# The stack's node counts, kept by `make scale` and read by every apply, so
-# `make up` keeps the nodes a scale added. Terraform tfvars JSON: the aws
-# environment takes the same file (-var-file).
+# The stack's node counts, kept by `make scale` (and the scratch VM's by
+# `make restore`) and read by every apply, so `make up` keeps the nodes a
+# scale added. Terraform tfvars JSON: the aws environment takes the same file
+# (-var-file).
 counts=$state/counts.tfvars.json
+
+# set_counts NAME=VALUE...: change those counts in $counts, keep the others.
+set_counts() {
+  python3 - "$counts" "$@" <<'PY'
+import json, os, sys
+path, pairs = sys.argv[1], sys.argv[2:]
+counts = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+counts.update({name: int(value) for name, value in (pair.split("=", 1) for pair in pairs)})
+with open(path + ".partial", "w") as partial:
+    json.dump(counts, partial, sort_keys=True)
+os.replace(path + ".partial", path)
+PY
+}
 
 # vms [TOFU_ARGS...]: the stack's VMs, its inventory and its known_hosts.
 vms() {
@@ -125,6 +140,8 @@ vms() {
     case $arg in
       *app_count=* | *worker_count=*)
         die "set node counts with make scale APP=<n> [WORKERS=<m>]: a count given to one apply is forgotten by the next make up" ;;
+      *restore_count=*)
+        die "the scratch VM comes with make restore TIME=<time> and goes with make restore-done" ;;
     esac
   done
   if [ -s "$counts" ]; then set -- -var-file="$FF_ROOT/$counts" "$@"; fi
@@ -262,8 +279,7 @@ scale() {
       \"scale_retiring_workers\": $(json_list "${retiring_workers[@]}")}" >>"$state/scale.log" ||
       die "draining failed, nothing removed: see $state/scale.log"
   fi
-  printf '{"app_count": %d, "worker_count": %d}\n' "$app" "$workers" >"$counts.partial"
-  mv "$counts.partial" "$counts"
+  set_counts app_count="$app" worker_count="$workers"
   log "VMs: tofu apply"
   vms
   local adding
@@ -275,6 +291,42 @@ scale() {
   log "proving every app node ready, then routing to all of them"
   playbook scale.yml >>"$state/scale.log" || die "a node is not ready; it stays out of the load balancers: see $state/scale.log"
   log "stack $stack: $app app nodes, $workers workers"
+}
+
+# restore TIME: restore the database as it was at TIME onto the scratch VM
+# <stack>-restore (created if need be; the live cluster is not touched), check
+# it and report what was restored and how long it took. TIME is anything
+# date(1) reads, UTC unless it names a zone; it must be in the past.
+restore() {
+  local time=${1:-} target report=$state/restore.json
+  [ -n "$time" ] || die "TIME is required: make restore TIME='2026-12-01 13:45:00' (UTC unless it names a zone)"
+  target=$(TZ=UTC date -d "$time" '+%Y-%m-%d %H:%M:%S.%6N+00' 2>/dev/null) ||
+    die "TIME must be a time date(1) can read, e.g. '2026-12-01 13:45:00' (got '$time')"
+  (($(TZ=UTC date -d "$time" +%s) <= $(date +%s))) || die "TIME $target is in the future: nothing has been backed up for it yet"
+  [ -s "$inventory/hosts.json" ] || die "stack $stack is not up (no $inventory/hosts.json): make up first"
+  log "restoring stack $stack's database as of $target onto $stack-restore (log: $state/restore.log)"
+  set_counts restore_count=1
+  vms
+  rm -f "$report"
+  playbook restore.yml -e "{\"restore_target\": \"$target\", \"restore_report_file\": \"$FF_ROOT/$report\"}" \
+    >"$state/restore.log" || die "the restore failed: see $state/restore.log"
+  python3 - "$report" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+print(f"restored to {report['target']} from backup set {report['backup_set']} on {report['host']}: "
+      f"restore {report['restore_seconds']} s, recovery {report['recovery_seconds']} s; "
+      f"last replayed transaction {report['last_replayed_transaction']}")
+for database in report["databases"]:
+    tables = ", ".join(f"{name} {rows}" for name, rows in database["tables"].items())
+    print(f"  {database['name']}: {database['size_bytes'] / 2**20:.1f} MiB; rows: {tables}")
+PY
+  log "the restored cluster runs on $stack-restore (sudo -u postgres psql there); report: $report; remove the VM with make restore-done"
+}
+
+# restore_done: remove the scratch VM.
+restore_done() {
+  set_counts restore_count=0
+  vms
 }
 
 down() {
@@ -291,6 +343,8 @@ case "${1:-}" in
   destroy) shift; destroy_vms "$@" ;;
   smoke) smoke ;;
   scale) shift; scale "$@" ;;
+  restore) shift; restore "$@" ;;
+  restore-done) restore_done ;;
   ansible-playbook) shift; playbook "$@" ;;
-  *) die "usage: stack.sh up|down|apply [TOFU_ARGS]|destroy [TOFU_ARGS]|smoke|scale APP [WORKERS]|ansible-playbook ARGS..." ;;
+  *) die "usage: stack.sh up|down|apply [TOFU_ARGS]|destroy [TOFU_ARGS]|smoke|scale APP [WORKERS]|restore TIME|restore-done|ansible-playbook ARGS..." ;;
 esac

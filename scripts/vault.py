@@ -34,6 +34,7 @@ PASSWORDS = {
     "vault_queue_consumer_password": 24,
     "vault_queue_exporter_password": 24,
     "vault_app_secret_key": 48,
+    "vault_pgbackrest_cipher_pass": 48,
 }
 # API clients and the scopes each is given (the app knows products:write, orders:write,
 # orders:read and reports:read): an operator that manages the catalogue and reads sales
