@@ -186,6 +186,18 @@ CONSOLE_EXPECTED = {
         "<tr><td>flaskfleet</td><td>42</td></tr>",
         ">1m 35s</a>",
         "<td>flaskfleet.confirm_order</td> <td>success</td> <td>1.4/s</td> <td>3</td>",
+        # Backups. An age from time() grows by the seconds the test has run: checked to the
+        # minute. The WAL segment's age is taken at the script's run, as the alert takes it.
+        ">4h 10m ",
+        ">30s</a>",
+        "<td>incr of flaskfleet</td> <td>4h 10m ",
+        " ago</td> <td>1m 40s</td> <td>20MiB</td> <td><b>failed</b></td>",
+        "<td>diff of flaskfleet</td> <td>14h 0m ",
+        " ago</td> <td>7m 0s</td> <td>150MiB</td> <td>succeeded</td>",
+        "<td>full of flaskfleet</td> <td>3d 0h 0m ",
+        " ago</td> <td>30m 0s</td> <td>1GiB</td> <td>succeeded</td>",
+        "<td>flaskfleet on monitor:9100</td> <td>ok</td> <td>1m ",
+        " ago</td> <td>30s before that</td>",
         'href="flaskfleet.html"',
     ],
 }
@@ -201,7 +213,7 @@ def console_samples(text: str, now: int) -> str:
 
     `series value` stays at value; `series value ~` wanders (a few per cent, its own period)
     until `now`, then stays at value; `series value +R` is a counter rising R a second, at
-    value at `now`.
+    value at `now`; `series now-N` stays at the Unix time `now` - N.
     """
     out = []
     for line in text.splitlines():
@@ -209,7 +221,7 @@ def console_samples(text: str, now: int) -> str:
             continue
         labels, _, rest = line.rpartition("}")
         value, *shape = rest.split()
-        end = float(value)
+        end = now - float(value.removeprefix("now-")) if value.startswith("now-") else float(value)
         period = 600 + zlib.crc32(labels.encode()) % 1800
         for age in CONSOLE_AGES:
             if shape == ["~"]:
