@@ -446,6 +446,73 @@ def test_a_broken_release_is_caught_by_the_canary_and_rolled_back(stack, tmp_pat
     assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
 
 
+def prometheus_value(stack, query: str) -> float | None:
+    """The query's one value in Prometheus now, or None without a series."""
+    response = requests.get(
+        f"{stack.prometheus_url}/api/v1/query", params={"query": query}, timeout=10
+    )
+    response.raise_for_status()
+    result = response.json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_scheduled_backup_runs_and_its_age_reaches_prometheus(stack):
+    """The incremental backup's unit, as its timer starts it, backs up the primary from the
+    monitor; its result and the repository's state reach Prometheus (monitoring/rules/backup.yml
+    alerts on them)."""
+    started = time.time()
+    lxc("exec", instance("monitor"), "--", "systemctl", "start", "pgbackrest-backup@incr.service",
+        timeout=600)  # fmt: skip
+    selector = 'stanza="flaskfleet",type="incr"'
+    wait_for(
+        lambda: prometheus_value(
+            stack, f"pgbackrest_backup_last_completion_timestamp_seconds{{{selector}}}"
+        ),
+        lambda completed: completed is not None and completed >= started - 1,
+        "the incremental backup's completion in Prometheus",
+        seconds=120,
+    )
+    assert prometheus_value(stack, f"pgbackrest_backup_last_run_success{{{selector}}}") == 1
+    assert prometheus_value(stack, 'pgbackrest_stanza_status_code{stanza="flaskfleet"}') == 0
+    full = 'pgbackrest_backup_last_completion_timestamp_seconds{type="full"}'
+    assert prometheus_value(stack, full)
+    wal = prometheus_value(stack, "time() - pgbackrest_wal_archive_last_timestamp_seconds")
+    assert wal is not None and wal < 600, wal
+
+
+def test_a_point_in_time_restore_brings_back_a_dropped_table_without_later_writes(stack):
+    """The restore drill: write A, note the time, write B, drop a table; `make restore TIME=`
+    onto the scratch VM brings back A and the table, and not B. The live stack is untouched."""
+    psql("postgres-primary", "CREATE TABLE restore_drill (note text)")
+    psql("postgres-primary", "INSERT INTO restore_drill VALUES ('A')")
+    _, product_a = new_product(stack)
+    time.sleep(1)
+    noted = psql(
+        "postgres-primary", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    )
+    time.sleep(1)
+    _, product_b = new_product(stack)
+    psql("postgres-primary", "INSERT INTO restore_drill VALUES ('B')")
+    psql("postgres-primary", "DROP TABLE restore_drill")
+    rows = int(psql("postgres-primary", "SELECT count(*) FROM products"))
+    try:
+        seconds = stack.timed("make", "-s", "restore", f"TIME={noted}", timeout=1800)
+        report = json.loads((stack.state / "restore.json").read_text())
+        assert psql("restore", "SELECT string_agg(note, ',') FROM restore_drill") == "A"
+        a_id, b_id = int(product_a["id"]), int(product_b["id"])
+        assert psql("restore", f"SELECT sku FROM products WHERE id = {a_id}") == product_a["sku"]  # noqa: S608
+        assert psql("restore", f"SELECT count(*) FROM products WHERE id = {b_id}") == "0"  # noqa: S608
+        assert report["target"].startswith(noted[:19]) and report["backup_set"] != "?", report
+        # The live cluster kept B and lost the table.
+        assert psql("postgres-primary", "SELECT to_regclass('restore_drill') IS NULL") == "t"
+        (LOG_DIR / "restore.json").write_text(
+            json.dumps({**report, "make_restore_seconds": round(seconds, 1), "live_products": rows})
+        )
+    finally:
+        run(*STACK_SH, "restore-done", timeout=600)
+    assert instance("restore") not in inventory_hosts()
+
+
 def served_by(stack) -> set[str]:
     """The app nodes answering through the load balancer's admin side, over 30 requests."""
     return {
