@@ -20,6 +20,7 @@ GROUPS = [
     "postgres_primary",
     "postgres_replica",
     "monitor",
+    "restore",
 ]
 
 

@@ -1,6 +1,7 @@
 """terraform/environments/aws against moto's AWS API on 127.0.0.1, walked as
 its README.md walks it: remote state from backend.tf.example (S3, encrypted,
-locked), apply builds the VPC, security groups, instances and Elastic IPs and
+locked), apply builds the VPC, security groups, instances, Elastic IPs and
+pgBackRest's private S3 bucket with the instance profile that uses it, and
 yields the inventory (every group, each host's ansible_host and private_ip, SSH
 through the lb as bastion, the TLS edge's domain); `tofu output -json
 ansible_inventory` written beside the committed group_vars is what
@@ -58,6 +59,7 @@ provider "aws" {{
     elb = "{url}"
     iam = "{url}"
     kms = "{url}"
+    s3  = "{url}"
     sts = "{url}"
   }}
 }}
@@ -112,6 +114,11 @@ def s3(moto):
 
 
 @pytest.fixture(scope="module")
+def iam(moto):
+    return boto3.client("iam", endpoint_url=moto.url, region_name=REGION, **CREDENTIALS)
+
+
+@pytest.fixture(scope="module")
 def state_bucket(s3):
     bucket = f"pt-state-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": STATE_REGION})
@@ -163,6 +170,8 @@ def stack(aws_tofu, ec2):
         *("-var", f"ami_id={ami}"),
         # moto does not implement MonitorInstances.
         *("-var", "detailed_monitoring=false"),
+        # The restore drill VM too: every tier has a host.
+        *("-var", "restore_count=1"),
     ]
     tofu("apply", "-auto-approve", "-input=false", *variables, timeout=600)
     return {"tofu": tofu, "name": name, "vars": variables, "inventory": tofu.inventory()}
@@ -233,13 +242,14 @@ def test_apply_builds_the_network_and_instances(stack, ec2):
             {"Name": "instance-state-name", "Values": ["running"]},
         ]
     )["Reservations"]
-    # lb, 2 app, 2 worker, redis, queue, postgres-primary, postgres-replica, monitor.
-    assert sum(len(r["Instances"]) for r in reservations) == 10
+    # lb, 2 app, 2 worker, redis, queue, postgres-primary, postgres-replica, monitor, restore.
+    assert sum(len(r["Instances"]) for r in reservations) == 11
 
 
 def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
     """What differs per tier: the instance type (instance_types, postgres for
-    both database tiers), a 20 GiB root volume for the monitor (10 else), the
+    both database tiers and the restore drill VM), a 20 GiB root volume for the
+    monitor and 10 + database_volume_size for the restore VM (10 else), the
     subnet (the lb public; queue and replica in the second zone, app and worker
     nodes alternating) and an Elastic IP for the lb alone."""
     name = stack["name"]
@@ -285,6 +295,7 @@ def test_each_instance_gets_its_tiers_type_volume_zone_and_address(stack, ec2):
         "postgres-primary": ("t3.medium", 10, "private", a, False),
         "postgres-replica": ("t3.medium", 10, "private", b, False),
         "monitor": ("t3.small", 20, "private", a, False),
+        "restore": ("t3.medium", 30, "private", a, False),
     }
 
 
@@ -387,13 +398,18 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
                 ingress.add((by_id[pair["GroupId"]], target, port))
             for block in permission.get("IpRanges", []):
                 ingress.add((block["CidrIp"], target, port))
-    private = ["app", "worker", "redis", "queue", "postgres-primary", "postgres-replica", "monitor"]
+    private = [
+        *("app", "worker", "redis", "queue", "postgres-primary", "postgres-replica"),
+        *("restore", "monitor"),
+    ]
     monitored = ["lb", *private[:-1]]
-    # Nothing reaches a worker but SSH through the bastion and the monitor's
-    # scrapes; the queue only from its producers (app) and consumers (worker)
-    # and its exporter from the monitor; the monitor only from the hosts that
-    # upload their journals and, for Prometheus and Alertmanager, admins
-    # tunnelling through the bastion.
+    # Nothing reaches a worker or the restore VM but SSH through the bastion
+    # and the monitor's scrapes; the queue only from its producers (app) and
+    # consumers (worker) and its exporter from the monitor; the monitor only
+    # from the hosts that upload their journals, for Prometheus and
+    # Alertmanager from admins tunnelling through the bastion, and on
+    # pgBackRest's port from the databases (WAL archive) and the restore VM;
+    # the databases on pgBackRest's port from the monitor (backups).
     assert ingress == {
         ("0.0.0.0/0", "lb", 80),
         ("0.0.0.0/0", "lb", 443),
@@ -419,6 +435,11 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ("monitor", "lb", 9113),
         ("lb", "monitor", 9090),
         ("lb", "monitor", 9093),
+        ("postgres-primary", "monitor", 8432),
+        ("postgres-replica", "monitor", 8432),
+        ("monitor", "postgres-primary", 8432),
+        ("monitor", "postgres-replica", 8432),
+        ("restore", "monitor", 8432),
     }
 
 
@@ -436,6 +457,7 @@ def test_inventory_has_every_group_with_addresses(stack, inventory_dir):
         "postgres_primary": [f"{stack['name']}-postgres-primary"],
         "postgres_replica": [f"{stack['name']}-postgres-replica"],
         "monitor": [f"{stack['name']}-monitor"],
+        "restore": [f"{stack['name']}-restore"],
     }
     inventory_vars = inventory["all"]["vars"]
     # TLS at the edge: nginx gets the domain and the ACME contact from here.
@@ -499,10 +521,10 @@ def test_ansible_inventory_graph_of_the_written_inventory(stack, inventory_dir):
     assert "@postgres_primary:" in graph.split("@postgres:", 1)[1], graph
 
 
-def site_playbook(inventory_dir, vault, *args):
+def site_playbook(inventory_dir, vault, *args, playbook="site.yml"):
     result = run(
         [
-            *(VENV_BIN / "ansible-playbook", "-i", inventory_dir, "site.yml"),
+            *(VENV_BIN / "ansible-playbook", "-i", inventory_dir, playbook),
             *vault,
             *("-e", "app_release=test"),
             *args,
@@ -521,14 +543,18 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
     groups = hosts_by_group(stack)
     expected = {
         "all": sorted(host for hosts in groups.values() for host in hosts),
+        "monitor:postgres_primary:postgres_replica": sorted(
+            groups["monitor"] + groups["postgres_primary"] + groups["postgres_replica"]
+        ),
         **groups,
     }
     plays = site_playbook(inventory_dir, vault, "--list-hosts")
-    assert [re.match(r"  play #\d+ \((\w+)\)", play)[1] for play in plays] == [
+    assert [re.match(r"  play #\d+ \(([\w:]+)\)", play)[1] for play in plays] == [
         "all",
         "all",
         "postgres_primary",
         "postgres_replica",
+        "monitor:postgres_primary:postgres_replica",
         "redis",
         "queue",
         "app",
@@ -538,17 +564,45 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
         "monitor",
     ]
     for play in plays:
-        pattern = re.match(r"  play #\d+ \((\w+)\)", play)[1]
+        pattern = re.match(r"  play #\d+ \(([\w:]+)\)", play)[1]
         listed = re.search(r"hosts \((\d+)\):\n((?:      \S+\n?)*)", play)
         assert listed, play
         assert sorted(listed[2].split()) == expected[pattern], play
         assert int(listed[1]) == len(expected[pattern]), play
 
 
+def test_restore_yml_plays_reach_the_restore_vm_and_the_repository_host(
+    stack, inventory_dir, vault
+):
+    """restore.yml's plays reach the restore drill VM Terraform made (restore_count=1)
+    and the repository host, and nothing else."""
+    groups = hosts_by_group(stack)
+    plays = site_playbook(
+        inventory_dir,
+        vault,
+        "-e",
+        "restore_target=2026-01-01",
+        "--list-hosts",
+        playbook="restore.yml",
+    )
+    listed = {}
+    for play in plays:
+        pattern = re.match(r"  play #\d+ \(([\w:]+)\)", play)[1]
+        hosts = re.search(r"hosts \(\d+\):\n((?:      \S+\n?)*)", play)[1].split()
+        listed.setdefault(pattern, sorted(hosts))
+    assert groups["restore"] == [f"{stack['name']}-restore"]
+    assert listed == {
+        "localhost": ["localhost"],
+        "restore": groups["restore"],
+        "monitor": groups["monitor"],
+    }
+
+
 def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
     """--list-tasks parses every role for these hosts without connecting."""
     roles = [
-        *("common", "journal", "postgresql", "postgresql", "redis", "redis", "app", "worker"),
+        *("common", "journal", "postgresql", "postgresql", "pgbackrest"),
+        *("redis", "redis", "app", "worker"),
         "nginx",
         *("exporters", "prometheus"),
     ]
@@ -598,7 +652,106 @@ def test_removing_a_worker_touches_no_other_and_zero_workers_is_a_valid_stack(st
     }
 
 
-def test_destroy_removes_everything(stack, ec2):
+def test_removing_the_restore_vm_touches_no_other_and_leaves_an_empty_group(stack):
+    """restore_count=0 deletes <name>-restore and nothing else (its security
+    group stays, as the workers' does with worker_count=0), and the restore
+    group stays in the inventory with no hosts."""
+    tofu = stack["tofu"]
+    unchanged = planned_changes(tofu, *stack["vars"])
+    without = planned_changes(tofu, *stack["vars"], "-var", "restore_count=0")
+    restore = f'module.tier["restore"].aws_instance.this["{stack["name"]}-restore"]'
+    assert without == {**unchanged, restore: ["delete"]}
+    plan = json.loads(tofu("show", "-json", "test.tfplan").stdout)
+    inventory = plan["planned_values"]["outputs"]["ansible_inventory"]["value"]
+    assert inventory["all"]["children"]["restore"] == {"hosts": {}}
+
+
+def test_the_backup_bucket_is_private_encrypted_and_only_its_users_reach_it(stack, s3, iam, ec2):
+    """pgBackRest's repository bucket: named after the stack, the account and the
+    region, in the inventory for the playbook; public access blocked, plain HTTP
+    refused, SSE-KMS by default, versioned, incomplete uploads aborted. The
+    monitor and both databases (and no other host) carry the instance profile,
+    whose role may list the bucket and get, put and delete its objects only."""
+    name = stack["name"]
+    account = boto3.client(
+        "sts", endpoint_url=s3.meta.endpoint_url, region_name=REGION, **CREDENTIALS
+    ).get_caller_identity()["Account"]
+    bucket = f"{name}-pgbackrest-{account}-{REGION}"
+    inventory_vars = stack["inventory"]["all"]["vars"]
+    assert (inventory_vars["pgbackrest_s3_bucket"], inventory_vars["pgbackrest_s3_region"]) == (
+        bucket,
+        REGION,
+    )
+    outputs = json.loads(stack["tofu"]("output", "-json").stdout)
+    assert outputs["pgbackrest_bucket"]["value"] == bucket
+
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert block == {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    (lifecycle,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert lifecycle["Status"] == "Enabled"
+    assert lifecycle["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert lifecycle["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    (deny_http,) = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert deny_http["Effect"] == "Deny"
+    assert deny_http["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # force_destroy off: a destroy stops at a bucket that holds backups.
+    state = json.loads(stack["tofu"]("show", "-json").stdout)["values"]["root_module"]
+    (bucket_state,) = [
+        resource["values"]
+        for module in state["child_modules"]
+        for resource in module["resources"]
+        if resource["type"] == "aws_s3_bucket"
+    ]
+    assert (bucket_state["bucket"], bucket_state["force_destroy"]) == (bucket, False)
+
+    profiles = {
+        {tag["Key"]: tag["Value"] for tag in instance["Tags"]}["Name"]: instance.get(
+            "IamInstanceProfile", {}
+        ).get("Arn", "")
+        for reservation in ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:Environment", "Values": [name]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )["Reservations"]
+        for instance in reservation["Instances"]
+    }
+    users = {f"{name}-{tier}" for tier in ("postgres-primary", "postgres-replica", "monitor")}
+    assert {host for host, arn in profiles.items() if arn} == users, profiles
+    assert all(profiles[host].endswith(f":instance-profile/{name}-pgbackrest") for host in users)
+    profile = iam.get_instance_profile(InstanceProfileName=f"{name}-pgbackrest")
+    (role,) = profile["InstanceProfile"]["Roles"]
+    (policy_name,) = iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
+    assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
+    document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=policy_name)
+    document = document["PolicyDocument"]
+    document = json.loads(document) if isinstance(document, str) else document
+    granted = {
+        (action, statement["Resource"])
+        for statement in document["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+    }
+    arn = f"arn:aws:s3:::{bucket}"
+    assert granted == {
+        ("s3:ListBucket", arn),
+        ("s3:GetObject", f"{arn}/*"),
+        ("s3:PutObject", f"{arn}/*"),
+        ("s3:DeleteObject", f"{arn}/*"),
+    }
+
+
+def test_destroy_removes_everything(stack, ec2, s3):
     """Decommissioning as README.md says: an apply that lifts the databases' termination
     protection, then destroy."""
     tofu = stack["tofu"]
@@ -612,4 +765,7 @@ def test_destroy_removes_everything(stack, ec2):
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
     )["Reservations"]
     assert running == []
+    # The backup bucket holds no backup here, so it goes too.
+    buckets = [bucket["Name"] for bucket in s3.list_buckets()["Buckets"]]
+    assert not [bucket for bucket in buckets if bucket.startswith(f"{stack['name']}-pgbackrest-")]
     assert json.loads(tofu("output", "-json").stdout) == {}

@@ -15,7 +15,8 @@ import uuid
 import pytest
 from helpers import GROUPS, VENV_BIN, ansible_env, ansible_inventory, run, write_inventory
 
-# Tiers of worker_count / app_count hosts (both default to 2); every other tier has one.
+# Tiers of worker_count / app_count hosts (both default to 2); every other tier
+# has one (the restore drill VM too: the stack is applied with restore_count=1).
 SCALED = {"app": 2, "worker": 2}
 
 
@@ -68,6 +69,7 @@ class Stack:
             *("-var", f"lb_http_port={self.port}"),
             *("-var", f"prometheus_host_port={self.prometheus_port}"),
             *("-var", f"alertmanager_host_port={self.alertmanager_port}"),
+            *("-var", "restore_count=1"),
             *("-var", f"admin_ssh_public_key={(ssh_dir / 'id_ed25519.pub').read_text()}"),
         ]
         self.inventory = None
@@ -134,9 +136,12 @@ def test_inventory_has_every_group_and_host_variable(stack):
     }, groups
     assert sorted(groups["worker"]) == [f"{stack.name}-worker-1", f"{stack.name}-worker-2"]
     assert groups["queue"] == [f"{stack.name}-queue"]
+    assert groups["restore"] == [f"{stack.name}-restore"]
     subnet = ipaddress.ip_network(stack.cidr)
-    # Fixed addresses per tier: the queue at .21, workers from .151 (after app's .101-.150).
+    # Fixed addresses per tier: the queue at .21, the restore drill VM at .45,
+    # workers from .151 (after app's .101-.150).
     assert hosts[f"{stack.name}-queue"]["private_ip"] == str(subnet[21])
+    assert hosts[f"{stack.name}-restore"]["private_ip"] == str(subnet[45])
     assert hosts[f"{stack.name}-worker-1"]["private_ip"] == str(subnet[151])
     assert len({host_vars["private_ip"] for host_vars in hosts.values()}) == len(hosts)
     for name, host_vars in hosts.items():
@@ -269,6 +274,30 @@ def test_published_ports_are_on_localhost_only(stack, tier, device_name, guest_p
                 time.sleep(0.5)
     finally:
         run(["lxc", "exec", host, "--", "systemctl", "stop", unit])
+
+
+def test_restore_count_0_removes_only_the_restore_vm_and_leaves_an_empty_group(stack):
+    """The restore drill VM comes and goes alone: restore_count=0 plans the
+    deletion of <name>-restore and nothing else, and leaves the restore group
+    in the inventory with no hosts (as worker_count=0 leaves the worker group)."""
+
+    def plan(*variables):
+        stack.tofu("plan", "-input=false", "-out=test.tfplan", *stack.vars, *variables)
+        return json.loads(stack.tofu("show", "-json", "test.tfplan").stdout)
+
+    def changes(plan):
+        return {
+            change["address"]: change["change"]["actions"]
+            for change in plan["resource_changes"]
+            if change["change"]["actions"] != ["no-op"]
+        }
+
+    unchanged = changes(plan())
+    without = plan("-var", "restore_count=0")
+    restore = f'module.tier["restore"].lxd_container.this["{stack.name}-restore"]'
+    assert changes(without) == {**unchanged, restore: ["delete"]}
+    inventory = without["planned_values"]["outputs"]["ansible_inventory"]["value"]
+    assert inventory["all"]["children"]["restore"] == {"hosts": {}}
 
 
 def test_destroy_leaves_no_container_or_network(stack):

@@ -83,6 +83,7 @@ def test_aws_service_ports_agree_with_the_playbooks_ports(tofu_for):
         "prometheus": ports["prometheus_port"],
         "alertmanager": ports["prometheus_alertmanager_port"],
         "journal_remote": ports["journal_remote_port"],
+        "pgbackrest": ports["pgbackrest_tls_port"],
     }
     # The lb's security group opens 80 (redirect, ACME HTTP-01) and 443, fixed
     # by the protocols rather than chosen: nginx must listen on exactly those.
@@ -172,6 +173,11 @@ def test_checkov_finds_nothing_unexplained():
         ),
         (
             "local",
+            [*LOCAL_REQUIRED_VARS, "-var", "restore_count=2"],
+            "The restore count must be 0 (no restore drill VM) or 1.",
+        ),
+        (
+            "local",
             [*LOCAL_REQUIRED_VARS, "-var", "network_cidr=10.118.300.0/24"],
             "The network CIDR must be an IPv4 subnet between /16 and /24",
         ),
@@ -202,6 +208,16 @@ def test_checkov_finds_nothing_unexplained():
         ),
         (
             "aws",
+            [*AWS_REQUIRED_VARS, "-var", "restore_count=-1"],
+            "The restore count must be 0 (no restore drill VM) or 1.",
+        ),
+        (
+            "aws",
+            [*AWS_REQUIRED_VARS, "-var", "restore_count=2"],
+            "The restore count must be 0 (no restore drill VM) or 1.",
+        ),
+        (
+            "aws",
             [*AWS_REQUIRED_VARS, "-var", "vpc_cidr=10.20.0.0"],
             "The VPC CIDR must be an IPv4 block between /16 and /24",
         ),
@@ -217,7 +233,8 @@ def test_checkov_finds_nothing_unexplained():
                 "-var",
                 "service_ports={app=8000, redis=0, postgresql=5432, worker_metrics=9808,"
                 " node_exporter=9100, postgres_exporter=9187, redis_exporter=9121,"
-                " nginx_exporter=9113, prometheus=9090, alertmanager=9093, journal_remote=19532}",
+                " nginx_exporter=9113, prometheus=9090, alertmanager=9093, journal_remote=19532,"
+                " pgbackrest=8432}",
             ],
             "Every service port must be a whole number from 1 to 65535.",
         ),
@@ -235,12 +252,15 @@ def test_checkov_finds_nothing_unexplained():
     ids=[
         "local-app-count-0",
         "local-worker-count-51",
+        "local-restore-count-2",
         "local-bad-cidr",
         "local-bad-name",
         "local-privileged-port",
         "local-admin-key-not-a-key",
         "aws-app-count-0",
         "aws-worker-count-not-whole",
+        "aws-restore-count-negative",
+        "aws-restore-count-2",
         "aws-cidr-without-prefix",
         "aws-ssh-open-to-world",
         "aws-service-port-0",

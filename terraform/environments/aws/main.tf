@@ -1,7 +1,9 @@
 # The stack on EC2: the load balancer in a public subnet with an Elastic IP
 # (it is also the SSH bastion), everything else in private subnets that reach
 # package mirrors through the NAT gateway. PostgreSQL and Redis run on EC2 and
-# are configured by Ansible, as in the local environment.
+# are configured by Ansible, as in the local environment. pgBackRest's
+# repository is an S3 bucket of the stack's own, reached by the monitor (the
+# repository host) and the databases through an instance profile.
 data "aws_ami" "debian" {
   count = var.ami_id == null ? 1 : 0
 
@@ -31,7 +33,8 @@ locals {
   # Tier (its inventory group and security group) => its instances, keyed by
   # name (name => subnet), and what differs from the defaults: the
   # instance_types key (the tier's name), an Elastic IP (public), the root
-  # volume's size. One module instance per entry: adding a tier is one entry
+  # volume's size, the backup bucket's instance profile (backup_repository).
+  # One module instance per entry: adding a tier is one entry
   # here. app-N and worker-N keep their name and subnet (spread over the
   # private subnets by their number) whatever happens to the others.
   tiers = {
@@ -51,16 +54,26 @@ locals {
     # protected from termination (var.database_termination_protection).
     postgres_primary = {
       instances     = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
-      instance_type = "postgres", stateful = true
+      instance_type = "postgres", stateful = true, backup_repository = true
     }
     # The replica sits in the second zone: losing a zone leaves one copy.
     postgres_replica = {
       instances     = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
-      instance_type = "postgres", stateful = true
+      instance_type = "postgres", stateful = true, backup_repository = true
     }
     # Prometheus' TSDB and every host's journal (systemd-journal-remote) need
-    # the room; both have retention limits below 20 GiB.
-    monitor = { instances = { "${var.name}-monitor" = local.private_subnet_ids[0] }, root_volume_size = 20 }
+    # the room; both have retention limits below 20 GiB. The monitor is also
+    # pgBackRest's repository host, the repository itself the S3 bucket.
+    monitor = { instances = { "${var.name}-monitor" = local.private_subnet_ids[0] }, root_volume_size = 20, backup_repository = true }
+    # The scratch VM of the point-in-time restore drill (restore_count 0 or 1):
+    # a database's instance type, for the database's PostgreSQL settings, and
+    # room on its root volume for a whole copy of PGDATA (no data volume: it
+    # keeps nothing). Beside the monitor, whose repository it restores from.
+    restore = {
+      instances        = { for index in range(var.restore_count) : "${var.name}-restore" => local.private_subnet_ids[0] }
+      instance_type    = "postgres"
+      root_volume_size = min(10 + var.database_volume_size, 16384)
+    }
   }
 }
 
@@ -120,6 +133,17 @@ resource "aws_kms_alias" "data" {
   target_key_id = aws_kms_key.data.key_id
 }
 
+# pgBackRest's repository: a private, encrypted, versioned bucket named after
+# the stack, the account and the region (S3 names are global), and the
+# instance profile that lets the monitor and the databases use its objects.
+module "backup_repository" {
+  source = "../../modules/aws-backup-repository"
+
+  bucket_name = "${var.name}-pgbackrest-${data.aws_caller_identity.current.account_id}-${var.region}"
+  role_name   = "${var.name}-pgbackrest"
+  tags        = local.tags
+}
+
 module "tier" {
   source   = "../../modules/aws-instances"
   for_each = local.tiers
@@ -136,6 +160,7 @@ module "tier" {
   data_volume_size       = try(each.value.stateful, false) ? var.database_volume_size : 0
   data_volume_kms_key    = aws_kms_key.data.arn
   termination_protection = try(each.value.stateful, false) && var.database_termination_protection
+  iam_instance_profile   = try(each.value.backup_repository, false) ? module.backup_repository.instance_profile : null
 }
 
 # Ansible connects over SSH as Debian's cloud user `admin`: straight to the
@@ -166,5 +191,10 @@ module "inventory" {
     flaskfleet_acme_email    = var.acme_email
     # The common role's firewall admits SSH from these (comma-separated).
     flaskfleet_admin_cidrs = join(",", var.admin_cidrs)
+    # The bucket of pgBackRest's repository, for its repository host (the
+    # monitor); the local stack has none and keeps the repository on the
+    # monitor's disk.
+    pgbackrest_s3_bucket = module.backup_repository.bucket
+    pgbackrest_s3_region = var.region
   }
 }

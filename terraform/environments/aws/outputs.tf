@@ -12,3 +12,8 @@ output "lb_public_ip" {
   description = "The load balancer's Elastic IP: the address public_domain's DNS A record must name (ACME HTTP-01 reaches it there), and the SSH bastion."
   value       = module.tier["lb"].hosts[0].public_ip
 }
+
+output "pgbackrest_bucket" {
+  description = "The S3 bucket holding pgBackRest's repository (backups and archived WAL); it outlives a destroy while it holds any (README.md, teardown)."
+  value       = module.backup_repository.bucket
+}

@@ -100,8 +100,19 @@ variable "worker_count" {
   }
 }
 
+variable "restore_count" {
+  description = "Whether the scratch VM of the point-in-time restore drill (<name>-restore, inventory group restore, in the first private subnet) exists: 1 or 0."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = contains([0, 1], var.restore_count)
+    error_message = "The restore count must be 0 (no restore drill VM) or 1."
+  }
+}
+
 variable "service_ports" {
-  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer; also their /metrics), redis (the cache, and the task queue, which runs the same role), postgresql, worker_metrics (each worker's metrics), the exporters (node_exporter on every VM; postgres, redis, nginx beside their services), prometheus and alertmanager (on the monitor, reached through the bastion), journal_remote (the monitor's systemd-journal-remote, every VM's log upload). The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
+  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer; also their /metrics), redis (the cache, and the task queue, which runs the same role), postgresql, worker_metrics (each worker's metrics), the exporters (node_exporter on every VM; postgres, redis, nginx beside their services), prometheus and alertmanager (on the monitor, reached through the bastion), journal_remote (the monitor's systemd-journal-remote, every VM's log upload), pgbackrest (pgBackRest's TLS server on the monitor, the backup repository host, and on each database). The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
   type = object({
     app               = number
     redis             = number
@@ -114,6 +125,7 @@ variable "service_ports" {
     prometheus        = number
     alertmanager      = number
     journal_remote    = number
+    pgbackrest        = number
   })
   default = {
     app               = 8000
@@ -127,6 +139,7 @@ variable "service_ports" {
     prometheus        = 9090
     alertmanager      = 9093
     journal_remote    = 19532
+    pgbackrest        = 8432
   }
 
   validation {
@@ -179,7 +192,7 @@ variable "database_termination_protection" {
 }
 
 variable "instance_types" {
-  description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres, monitor."
+  description = "EC2 instance type per tier: lb, app, worker, redis, queue, postgres (both databases and the restore drill VM), monitor."
   type = object({
     lb       = string
     app      = string

@@ -8,8 +8,8 @@ locals {
   # Tier (its inventory group) => its instances (name => address) and, for the
   # lb, its proxy device. Addresses are fixed per tier (static DHCP leases), so
   # the inventory is stable across restarts: lb .10, redis .20, queue .21,
-  # postgres-primary .30, postgres-replica .31, monitor .40, app .101-.150,
-  # worker .151-.200 (each range holds its count's maximum, 50).
+  # postgres-primary .30, postgres-replica .31, monitor .40, restore .45,
+  # app .101-.150, worker .151-.200 (each range holds its count's maximum, 50).
   tiers = {
     # The load balancer's port 80 on its private address (where nginx listens,
     # like every service) is published on the host's 127.0.0.1 only.
@@ -41,6 +41,11 @@ locals {
         { name = "prometheus", listen = "tcp:127.0.0.1:${var.prometheus_host_port}", connect = "tcp:${local.monitor_address}:9090" },
         { name = "alertmanager", listen = "tcp:127.0.0.1:${var.alertmanager_host_port}", connect = "tcp:${local.monitor_address}:9093" },
       ]
+    }
+    # The scratch VM of the point-in-time restore drill (restore_count 0 or 1):
+    # it restores from the backup repository on the monitor.
+    restore = {
+      instances = { for index in range(var.restore_count) : "${var.name}-restore" => cidrhost(var.network_cidr, 45) }
     }
   }
 }

@@ -42,6 +42,17 @@ variable "worker_count" {
   }
 }
 
+variable "restore_count" {
+  description = "Whether the scratch VM of the point-in-time restore drill (<name>-restore, inventory group restore) exists: 1 or 0."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = contains([0, 1], var.restore_count)
+    error_message = "The restore count must be 0 (no restore drill VM) or 1."
+  }
+}
+
 variable "lb_http_port" {
   description = "Port on the host's 127.0.0.1 that forwards to port 80 on the load balancer's private address."
   type        = number

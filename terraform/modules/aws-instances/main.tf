@@ -1,7 +1,8 @@
 # The instances of one tier, keyed by name (like modules/lxd-instances): the
 # environment decides each one's name and subnet, so removing an instance
 # never renames or moves the others. IMDSv2 only, encrypted root volume,
-# detailed monitoring; no public address unless the tier is public (then an
+# detailed monitoring, an instance profile only where the tier is given one
+# (the backup bucket's); no public address unless the tier is public (then an
 # Elastic IP that outlives a stop/start). A stateful tier gets a data volume of
 # its own per instance (encrypted with the given key, kept apart from the root volume, so the data
 # is not tied to the instance's image) and termination protection.
@@ -11,7 +12,6 @@
 # moving a running one to it is an explicit `tofu apply -replace=ADDRESS`, one
 # host at a time.
 resource "aws_instance" "this" {
-  # checkov:skip=CKV2_AWS_41:the hosts call no AWS API, so they get no instance profile (least privilege)
   for_each = var.instances
 
   ami                    = var.ami_id
@@ -19,6 +19,7 @@ resource "aws_instance" "this" {
   subnet_id              = each.value
   vpc_security_group_ids = var.security_group_ids
   key_name               = var.key_name
+  iam_instance_profile   = var.iam_instance_profile
   monitoring             = var.detailed_monitoring
   ebs_optimized          = true
   # Termination (and so `tofu destroy`) is refused until an apply turns this off.

@@ -54,6 +54,17 @@ variable "key_name" {
   type        = string
 }
 
+variable "iam_instance_profile" {
+  description = "Name of the IAM instance profile every instance gets; null gives none (the instances call no AWS API)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.iam_instance_profile == null || can(regex("^[A-Za-z0-9+=,.@_-]{1,128}$", var.iam_instance_profile))
+    error_message = "The instance profile is an instance profile's name: 1-128 characters of letters, digits and +=,.@_-."
+  }
+}
+
 variable "public" {
   description = "Whether each instance gets an Elastic IP (it must sit in a public subnet)."
   type        = bool

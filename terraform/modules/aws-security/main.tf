@@ -6,7 +6,11 @@
 #   replica), lb -> every private host 22; monitor -> every host's exporters
 #   and metrics ports (it scrapes them), every host -> monitor's
 #   journal_remote (log upload), lb -> monitor's prometheus and alertmanager
-#   (admins tunnel to them through the bastion). Nothing else reaches a worker.
+#   (admins tunnel to them through the bastion); pgBackRest's TLS server both
+#   ways between the databases and the monitor (the backup repository host):
+#   databases -> monitor (WAL archive-push and archive-get), monitor ->
+#   databases (backups), and restore -> monitor (the restore drill reads the
+#   repository). Nothing else reaches a worker or the restore VM.
 # The service ports come in as var.service_ports: the roles own them and the
 # playbook sets them in group_vars/all/ports.yml (tests/terraform checks that
 # the aws environment's default agrees), so this module writes none of them.
@@ -14,7 +18,7 @@
 # from the private subnets); the lb also reaches the ACME CA's API on 443. The
 # VPC resolver and time service are reachable without a rule.
 locals {
-  tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica", "monitor"])
+  tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica", "monitor", "restore"])
 
   flows = concat(
     [
@@ -36,6 +40,11 @@ locals {
       { from = "monitor", to = "lb", port = var.service_ports.nginx_exporter, what = "nginx exporter scrape" },
       { from = "lb", to = "monitor", port = var.service_ports.prometheus, what = "Prometheus through the bastion" },
       { from = "lb", to = "monitor", port = var.service_ports.alertmanager, what = "Alertmanager through the bastion" },
+      { from = "postgres_primary", to = "monitor", port = var.service_ports.pgbackrest, what = "pgBackRest WAL archive" },
+      { from = "postgres_replica", to = "monitor", port = var.service_ports.pgbackrest, what = "pgBackRest WAL archive" },
+      { from = "monitor", to = "postgres_primary", port = var.service_ports.pgbackrest, what = "pgBackRest backup" },
+      { from = "monitor", to = "postgres_replica", port = var.service_ports.pgbackrest, what = "pgBackRest backup" },
+      { from = "restore", to = "monitor", port = var.service_ports.pgbackrest, what = "pgBackRest restore drill" },
     ],
     [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
     [for tier in sort(tolist(local.tiers)) : { from = "monitor", to = tier, port = var.service_ports.node_exporter, what = "Node exporter scrape" } if tier != "monitor"],

@@ -1,5 +1,5 @@
 variable "groups" {
-  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor, each a list of hosts with the name Ansible knows them by, the address Ansible connects to, the private address services bind to, and the ID of its data volume (null: none, the data lives on the root file system)."
+  description = "Hosts per inventory group: every one of lb, app, redis, queue, worker, postgres_primary, postgres_replica, monitor and restore (the restore drill's scratch VM), each a list of hosts with the name Ansible knows them by, the address Ansible connects to, the private address services bind to, and the ID of its data volume (null: none, the data lives on the root file system)."
   type = map(list(object({
     name           = string
     ansible_host   = string
@@ -8,13 +8,13 @@ variable "groups" {
   })))
 
   validation {
-    condition     = join(",", sort(keys(var.groups))) == "app,lb,monitor,postgres_primary,postgres_replica,queue,redis,worker"
-    error_message = "The groups must be exactly lb, app, redis, queue, worker, postgres_primary, postgres_replica and monitor."
+    condition     = join(",", sort(keys(var.groups))) == "app,lb,monitor,postgres_primary,postgres_replica,queue,redis,restore,worker"
+    error_message = "The groups must be exactly lb, app, redis, queue, worker, postgres_primary, postgres_replica, monitor and restore."
   }
 
   validation {
-    condition     = alltrue([for group, hosts in var.groups : length(hosts) > 0 if group != "worker"])
-    error_message = "Every group but worker (which may be empty: no background workers) needs at least one host."
+    condition     = alltrue([for group, hosts in var.groups : length(hosts) > 0 if !contains(["worker", "restore"], group)])
+    error_message = "Every group but worker and restore (which may be empty: no background workers, no restore drill VM) needs at least one host."
   }
 
   validation {
