@@ -670,7 +670,7 @@ def test_the_backup_bucket_is_private_encrypted_and_only_its_users_reach_it(stac
     """pgBackRest's repository bucket: named after the stack, the account and the
     region, in the inventory for the playbook; public access blocked, plain HTTP
     refused, SSE-KMS by default, versioned, incomplete uploads aborted. The
-    monitor and both databases (and no other host) carry the instance profile,
+    monitor, the repository host, (and no other host) carries the instance profile,
     whose role may list the bucket and get, put and delete its objects only."""
     name = stack["name"]
     account = boto3.client(
@@ -724,7 +724,7 @@ def test_the_backup_bucket_is_private_encrypted_and_only_its_users_reach_it(stac
         )["Reservations"]
         for instance in reservation["Instances"]
     }
-    users = {f"{name}-{tier}" for tier in ("postgres-primary", "postgres-replica", "monitor")}
+    users = {f"{name}-monitor"}
     assert {host for host, arn in profiles.items() if arn} == users, profiles
     assert all(profiles[host].endswith(f":instance-profile/{name}-pgbackrest") for host in users)
     profile = iam.get_instance_profile(InstanceProfileName=f"{name}-pgbackrest")

@@ -33,7 +33,9 @@ locals {
   # Tier (its inventory group and security group) => its instances, keyed by
   # name (name => subnet), and what differs from the defaults: the
   # instance_types key (the tier's name), an Elastic IP (public), the root
-  # volume's size, the backup bucket's instance profile (backup_repository).
+  # volume's size, the backup bucket's instance profile (backup_repository: the
+  # monitor only, the repository host; the database hosts reach the repository
+  # through it).
   # One module instance per entry: adding a tier is one entry
   # here. app-N and worker-N keep their name and subnet (spread over the
   # private subnets by their number) whatever happens to the others.
@@ -54,12 +56,12 @@ locals {
     # protected from termination (var.database_termination_protection).
     postgres_primary = {
       instances     = { "${var.name}-postgres-primary" = local.private_subnet_ids[0] }
-      instance_type = "postgres", stateful = true, backup_repository = true
+      instance_type = "postgres", stateful = true
     }
     # The replica sits in the second zone: losing a zone leaves one copy.
     postgres_replica = {
       instances     = { "${var.name}-postgres-replica" = local.private_subnet_ids[1] }
-      instance_type = "postgres", stateful = true, backup_repository = true
+      instance_type = "postgres", stateful = true
     }
     # Prometheus' TSDB and every host's journal (systemd-journal-remote) need
     # the room; both have retention limits below 20 GiB. The monitor is also
