@@ -84,6 +84,30 @@ def fails_in_validation(role: str, extra_vars: dict, message: str) -> str:
     return output
 
 
+def fails_in_validation_on(limit: str, role: str, extra_vars: dict, message: str) -> str:
+    """As fails_in_validation, for a role whose checks read the inventory's groups: the role runs
+    on the scenario inventory's hosts that `limit` selects, each made unreachable by
+    validate_role.yml, so it must stop in validation; returns the run's output."""
+    result = subprocess.run(
+        [
+            ANSIBLE_PLAYBOOK,
+            *("-i", INVENTORY, "--limit", limit),
+            str(SHARED_DIR / "validate_role.yml"),
+            *("-e", json.dumps({"role_under_test": role, **extra_vars})),
+        ],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output, output
+    assert "UNREACHABLE" not in output, output
+    return output
+
+
 def changed_nothing(output: str) -> bool:
     """Whether a playbook's recap shows no change on any host."""
     return set(re.findall(r"changed=(\d+)", output)) <= {"0"}
