@@ -882,3 +882,13 @@ def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
         assert response.status_code == 200, response.text
     _, after = new_product(stack)
     assert requests.get(f"{stack.url}/api/v1/products/{after['id']}", timeout=10).ok
+    # Backups follow the role: the monitor now backs up the promoted replica (pgBackRest
+    # finds the primary among the database hosts; the old one is down), and its WAL, on the
+    # new timeline, reaches the repository.
+    lxc("exec", instance("monitor"), "--", "systemctl", "start", "pgbackrest-backup@incr.service",
+        timeout=600)  # fmt: skip
+    info = lxc("exec", instance("monitor"), "--", "runuser", "-u", "postgres", "--",
+               "pgbackrest", "--stanza=flaskfleet", "--output=json", "info").stdout  # fmt: skip
+    (stanza,) = json.loads(info)
+    newest = max(stanza["backup"], key=lambda backup: backup["timestamp"]["stop"])
+    assert newest["type"] == "incr" and newest["archive"]["start"].startswith("00000002"), newest
