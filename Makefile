@@ -10,7 +10,9 @@ export TF_CLI_CONFIG_FILE := $(CURDIR)/terraform/cli.tfrc
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
-TEST_SUITES := lint foundation terraform app rules playbooks $(addprefix molecule:,$(MOLECULE_SCENARIOS)) stack
+# Longest first (the Molecule scenarios take 2-9 minutes each, the rest less),
+# so the two parallel slots finish together; the stack suite runs alone last.
+TEST_SUITES := $(addprefix molecule:,$(MOLECULE_SCENARIOS)) terraform app lint playbooks rules foundation stack
 
 .PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-playbooks test-roles test-stack test-scale \
 	up down scale restore restore-done release deploy promote bench loadtest \
