@@ -456,13 +456,18 @@ def prometheus_value(stack, query: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def start_incremental_backup() -> None:
+    """The incremental backup's unit on the monitor, as its timer starts it; returns when done."""
+    lxc("exec", instance("monitor"), "--", "systemctl", "start", "pgbackrest-backup@incr.service",
+        timeout=600)  # fmt: skip
+
+
 def test_a_scheduled_backup_runs_and_its_age_reaches_prometheus(stack):
     """The incremental backup's unit, as its timer starts it, backs up the primary from the
     monitor; its result and the repository's state reach Prometheus (monitoring/rules/backup.yml
     alerts on them)."""
     started = time.time()
-    lxc("exec", instance("monitor"), "--", "systemctl", "start", "pgbackrest-backup@incr.service",
-        timeout=600)  # fmt: skip
+    start_incremental_backup()
     selector = 'stanza="flaskfleet",type="incr"'
     wait_for(
         lambda: prometheus_value(
@@ -885,8 +890,7 @@ def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
     # Backups follow the role: the monitor now backs up the promoted replica (pgBackRest
     # finds the primary among the database hosts; the old one is down), and its WAL, on the
     # new timeline, reaches the repository.
-    lxc("exec", instance("monitor"), "--", "systemctl", "start", "pgbackrest-backup@incr.service",
-        timeout=600)  # fmt: skip
+    start_incremental_backup()
     info = lxc("exec", instance("monitor"), "--", "runuser", "-u", "postgres", "--",
                "pgbackrest", "--stanza=flaskfleet", "--output=json", "info").stdout  # fmt: skip
     (stanza,) = json.loads(info)
