@@ -148,7 +148,12 @@ vms() {
   bash scripts/secrets.sh "$stack" >/dev/null
   admin_key
   tf_admin init -input=false >/dev/null
-  has_workspace || tf_admin workspace new "$stack" >/dev/null
+  if ! has_workspace; then
+    local found
+    found=$(leftovers | paste -sd, | sed 's/,/, /g')
+    [ -z "$found" ] || die "LXD still has $found of a stack $stack whose OpenTofu state is gone: FF_STACK=$stack scripts/stack.sh down (make down for ff) removes them"
+    tf_admin workspace new "$stack" >/dev/null
+  fi
   migrate_tier_state
   filtered 'Creation complete|^(Apply complete|No changes)|Error' \
     tf apply -input=false -auto-approve -compact-warnings -no-color "$@" >"$state/tofu.log" ||
@@ -160,10 +165,66 @@ vms() {
   mv "$state/ssh/known_hosts.partial" "$state/ssh/known_hosts"
 }
 
+# lxd_names: every instance LXD has, one a line (fails if LXD does not answer,
+# so an unreachable LXD is never taken for instances that are gone).
+lxd_names() {
+  lxc list --format csv -c n || die "LXD does not answer: make setup starts it"
+}
+
+# forget_vanished: drop from the state the instances LXD no longer has (deleted
+# by hand, or by a destroy that failed after deleting them): the LXD provider
+# fails on reading them ("Instance not found") instead of forgetting them.
+forget_vanished() {
+  local existing address name
+  existing=$(lxd_names)
+  tf state list 2>/dev/null | grep -F 'lxd_container.this[' | while read -r address; do
+    name=$(sed 's/.*this\["\(.*\)"\]$/\1/' <<<"$address")
+    grep -qxF "$name" <<<"$existing" && continue
+    log "forgetting $name: LXD no longer has it"
+    tf state rm "$address" >/dev/null
+  done
+}
+
+# leftovers: what LXD still has under this stack's names (its profile, the
+# instances using it, its network), one "kind name" a line.
+leftovers() {
+  lxd_names >/dev/null
+  python3 - "$stack" <<'PY'
+import json, subprocess, sys
+stack = sys.argv[1]
+def query(path):
+    done = subprocess.run(["lxc", "query", path], capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+profile = query(f"/1.0/profiles/{stack}-vm")
+for user in (profile or {}).get("used_by") or []:
+    print("instance", user.rsplit("/", 1)[-1].split("?", 1)[0])
+if profile is not None:
+    print("profile", f"{stack}-vm")
+if query(f"/1.0/networks/{stack}-br") is not None:
+    print("network", f"{stack}-br")
+PY
+}
+
+# remove_leftovers: after OpenTofu destroyed all it tracks, remove what LXD
+# still has under the stack's names - a stack whose state was lost (a deleted
+# clone) would otherwise stop the next make up of the same name.
+remove_leftovers() {
+  local kind name
+  leftovers | while read -r kind name; do
+    log "removing $kind $name, which OpenTofu does not track"
+    case $kind in
+      instance) lxc delete --force "$name" ;;
+      profile) lxc profile delete "$name" ;;
+      network) lxc network delete "$name" ;;
+    esac
+  done
+}
+
 # destroy_vms [TOFU_ARGS...]: remove the VMs, network and profile; keep secrets.
 destroy_vms() {
   tf_admin init -input=false >/dev/null
   has_workspace || return 0
+  forget_vanished
   if [ -s "$state/ssh/id_ed25519.pub" ]; then
     admin_key
   else # destroy needs every variable set; with the stack's key lost, any key does
@@ -332,6 +393,7 @@ restore_done() {
 down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
   destroy_vms
+  remove_leftovers
   rm -rf "$inventory/hosts.json" "$state"
   [ "$stack" != ff ] || rm -f inventories/local/group_vars/all/vault.yml
 }

@@ -77,13 +77,19 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """The stack, up: its url, ops_url, tokens, session(client) and wait_ready()."""
+    if not driver.exists():
+        # Not a stack kept from an earlier session (FF_KEEP_STACK=1): clear whatever
+        # LXD still holds under this test stack's names from a run that lost its
+        # state (a deleted clone), which would stop `up`.
+        driver.run(*STACK_SH, "down", timeout=600)
     driver.run(*STACK_SH, "up", timeout=2400)
     # Read now, so that a stack without its inventory or tokens fails the session's setup
     # once rather than every test.
     assert driver.ops_url and driver.tokens
     yield driver
     if os.environ.get("FF_KEEP_STACK") != "1":
-        driver.run(*STACK_SH, "down", timeout=600, check=False)
+        # A stack the session cannot remove is an error of the session, not left silently.
+        driver.run(*STACK_SH, "down", timeout=600)
 
 
 @dataclass
