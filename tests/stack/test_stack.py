@@ -446,6 +446,56 @@ def test_a_broken_release_is_caught_by_the_canary_and_rolled_back(stack, tmp_pat
     assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
 
 
+def app_tier_events(output: str) -> list[tuple[str, str]]:
+    """(what, app node) in the order ansible-playbook reported them: "write" for each change of a
+    load balancer's upstream file made for that node (drain or put back), "restart" for each
+    restart of its Gunicorn."""
+    kinds = {
+        "nginx : Write the upstream servers, drained ones marked down": "write",
+        "app : Restart flaskfleet": "restart",
+    }
+    events, kind = [], None
+    for line in output.splitlines():
+        header = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.+?)\]", line)
+        if header:
+            kind = kinds.get(header[1])
+        elif kind and (changed := re.match(r"^changed: \[([^\]\s]+)", line)):
+            events.append((kind, changed[1]))
+    return events
+
+
+def test_a_site_run_that_restarts_the_app_tier_rolls_it_one_drained_node_at_a_time(stack):
+    """A setting of the app's environment changed by site.yml (a restart of every Gunicorn), then
+    changed back by a plain run, each under reads that miss the caches and orders that clients
+    retry with the same key: each node is drained from the load balancer, restarted, proven and
+    put back before the next is touched, and no request fails."""
+    _, product = new_product(stack, stock=100000)
+    env_file = ["grep", "-x", "FLASKFLEET_CACHE_TIMEOUT=[0-9]*", "/etc/flaskfleet/flaskfleet.env"]
+    nodes = [instance("app-1"), instance("app-2")]
+    runs = (("changed", ["-e", '{"app_cache_timeout": 61}'], 61), ("back", [], 60))
+    for label, extra, timeout in runs:
+        load = Load(uncached_read_url(stack.url), threads=2, seconds=600, limit=40000, timeout=30)
+        orders = OrderLoad(stack.url, stack.session("shop"), product["id"], rate=3, seconds=600)
+        with load, orders:
+            time.sleep(2)
+            result = playbook("site.yml", "--limit", "app", *extra)
+            time.sleep(2)
+        (LOG_DIR / f"site-app-tier-{label}.log").write_text(result.stdout)
+        expected = [(kind, node) for node in nodes for kind in ("write", "restart", "write")]
+        assert app_tier_events(result.stdout) == expected, result.stdout[-3000:]
+        for node in nodes:
+            assert lxc("exec", node, "--", *env_file).stdout.split() == [
+                f"FLASKFLEET_CACHE_TIMEOUT={timeout}"
+            ]
+        upstream = ["cat", "/etc/nginx/flaskfleet/upstream.conf"]
+        assert " down;" not in lxc("exec", instance("lb"), "--", *upstream).stdout
+        assert load.failed == 0, load.summary()
+        assert sum(load.statuses.values()) > 100, load.summary()
+        assert orders.failed == [], orders.summary()
+        assert len(orders.acknowledged) > 10, orders.summary()
+        assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
+
+
 def prometheus_value(stack, query: str) -> float | None:
     """The query's one value in Prometheus now, or None without a series."""
     response = requests.get(
