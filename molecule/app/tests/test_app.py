@@ -186,8 +186,16 @@ def test_reload_keeps_the_master_and_keeps_answering(app, address):
         ('{"app_workers": "many"}', "app_workers"),
         ("app_tls_ca_file=ca.crt", "pki_ca_file must be an absolute path"),
         ("pki_ca_dir=", "pki_ca_dir must be an absolute directory on the controller"),
+        ("app_drain_tasks=drain.yml", "app_drain_tasks 'drain.yml' must be empty or the absolute"),
     ],
-    ids=["release-name", "short-secret-key", "workers-not-an-int", "relative-ca-file", "no-ca"],
+    ids=[
+        "release-name",
+        "short-secret-key",
+        "workers-not-an-int",
+        "relative-ca-file",
+        "no-ca",
+        "relative-drain-tasks",
+    ],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):
     returncode, output = run_deploy(extra_vars)
