@@ -470,7 +470,9 @@ def test_a_site_run_that_restarts_the_app_tier_rolls_it_one_drained_node_at_a_ti
     retry with the same key: each node is drained from the load balancer, restarted, proven and
     put back before the next is touched, and no request fails."""
     _, product = new_product(stack, stock=100000)
-    env_file = ["grep", "-x", "FLASKFLEET_CACHE_TIMEOUT=[0-9]*", "/etc/flaskfleet/flaskfleet.env"]
+    # The setting as the running Gunicorn master has it (only that line leaves the VM).
+    environ = 'tr "\\0" "\\n" </proc/$(systemctl show -P MainPID flaskfleet)/environ'
+    setting = ["sh", "-c", f"{environ} | grep -x 'FLASKFLEET_CACHE_TIMEOUT=[0-9]*'"]
     nodes = [instance("app-1"), instance("app-2")]
     runs = (("changed", ["-e", '{"app_cache_timeout": 61}'], 61), ("back", [], 60))
     for label, extra, timeout in runs:
@@ -484,7 +486,7 @@ def test_a_site_run_that_restarts_the_app_tier_rolls_it_one_drained_node_at_a_ti
         expected = [(kind, node) for node in nodes for kind in ("write", "restart", "write")]
         assert app_tier_events(result.stdout) == expected, result.stdout[-3000:]
         for node in nodes:
-            assert lxc("exec", node, "--", *env_file).stdout.split() == [
+            assert lxc("exec", node, "--", *setting).stdout.split() == [
                 f"FLASKFLEET_CACHE_TIMEOUT={timeout}"
             ]
         upstream = ["cat", "/etc/nginx/flaskfleet/upstream.conf"]
