@@ -27,9 +27,10 @@ run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
 export -f run_suite log
 export logs
 
-# In the order given: each suite starts when a slot frees up. Suites never share
-# a name: the stack suite's LXD stack (ff-test), the Terraform suite's (pt-*) and
-# the Molecule scenarios' Docker containers live side by side.
+# In the order given (the Makefile's TEST_SUITES says why that order): each
+# suite starts when a slot frees up. Suites never share a name: the stack
+# suite's LXD stack (ff-test), the Terraform suite's (pt-*) and the Molecule
+# scenarios' Docker containers live side by side.
 printf '%s\n' "$@" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
 
 passed=0
