@@ -125,10 +125,14 @@ class Load:
                     response = session.get(url, timeout=self.timeout)
                 except requests.ConnectionError as exc:
                     # A keep-alive connection nginx closed while idle (each reload does) may fail
-                    # the next request sent on it before any answer. Like browsers and HTTP
-                    # libraries, retry such a GET once on a new connection (RFC 9110, 9.2.2);
-                    # any other error, or a second one, is a failed request.
-                    if "RemoteDisconnected" not in repr(exc):
+                    # the next request sent on it before any answer: closed ("RemoteDisconnected")
+                    # or, when the request reached the closed socket, reset. Like browsers and
+                    # HTTP libraries, retry such a GET once on a new connection (RFC 9110,
+                    # 9.2.2); any other error, or a second one, is a failed request.
+                    if not any(
+                        sign in repr(exc)
+                        for sign in ("RemoteDisconnected", "ConnectionResetError(104")
+                    ):
                         raise
                     with self._lock:
                         self.reconnects += 1
