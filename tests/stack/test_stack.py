@@ -351,6 +351,15 @@ def test_one_request_is_followed_from_nginx_through_app_and_worker_in_the_centra
     assert any(entry.get("logger") == "celery.app.trace" for entry in worker_entries), entries
 
 
+def serving_releases(stack) -> dict[str, str]:
+    """App node -> the release it serves, over 30 requests to the admin side."""
+    nodes = {}
+    for _ in range(30):
+        response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
+        nodes[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
+    return nodes
+
+
 def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
     """Reads and a steady order load (clients retry with the same key) while every app node and
     every worker is rolled to a new release: no read fails, every order is acknowledged, and
@@ -375,23 +384,10 @@ def test_rolling_deploy_under_load_fails_no_request_and_loses_no_task(stack):
     assert orders.failed == [], orders.summary()
     assert len(orders.acknowledged) > 20, orders.summary()
     assert wait_until_confirmed(stack, "shop", orders.acknowledged) == [], orders.summary()
-    hosts = {}
-    for _ in range(30):
-        response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
-        hosts[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
-    assert hosts == {instance("app-1"): release, instance("app-2"): release}
+    assert serving_releases(stack) == {instance("app-1"): release, instance("app-2"): release}
     for worker in (instance("worker-1"), instance("worker-2")):
         current = lxc("exec", worker, "--", "readlink", "/opt/flaskfleet/current").stdout
         assert current.strip().endswith(release), worker
-
-
-def serving_releases(stack) -> dict[str, str]:
-    """App node -> the release it serves, over 30 requests to the admin side."""
-    nodes = {}
-    for _ in range(30):
-        response = requests.get(f"{stack.ops_url}/healthz", timeout=5)
-        nodes[response.headers["X-Served-By"]] = response.headers["X-App-Version"]
-    return nodes
 
 
 def test_a_broken_release_is_caught_by_the_canary_and_rolled_back(stack, tmp_path):
