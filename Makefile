@@ -20,7 +20,7 @@ TEST_SUITES := $(addprefix molecule:,$(MOLECULE_ORDER) $(filter-out $(MOLECULE_O
 	stack terraform app lint playbooks rules foundation
 
 .PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-playbooks test-roles test-stack test-scale \
-	up down scale restore restore-done release deploy promote bench loadtest \
+	up down scale restore restore-done release deploy switchover bench loadtest \
 	tf-apply-local tf-destroy-local
 
 help: ## List the targets
@@ -111,8 +111,9 @@ deploy: ## Rolling release to the local stack: make deploy RELEASE=<name> (build
 	@bash scripts/release.sh '$(RELEASE)' >/dev/null
 	@bash scripts/stack.sh ansible-playbook deploy.yml -e deploy_release='$(RELEASE)'
 
-promote: ## Fail over: promote the replica, repoint the app
-	@bash scripts/stack.sh ansible-playbook promote.yml
+switchover: ## Move the PostgreSQL leader to a replica, no request failed: [TO=<database host>]
+	@case "$(TO)" in *[!A-Za-z0-9_.-]*) echo "TO must be an inventory host name (got '$(TO)')" >&2; exit 2;; esac
+	@bash scripts/stack.sh ansible-playbook switchover.yml $(if $(TO),-e switchover_candidate=$(TO))
 
 test-stack: ## End to end through 127.0.0.1 on a stack of its own (ff-test)
 	python -m pytest tests/stack -q -p no:cacheprovider -m "not scale" --durations=0

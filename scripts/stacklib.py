@@ -30,6 +30,11 @@ STACK_SH = ("bash", "scripts/stack.sh")
 Answer = TypeVar("Answer")
 
 
+# The database VMs (Terraform's tiers), and how to ask Patroni on them.
+DATABASE_TIERS = ("postgres-primary", "postgres-replica")
+PATRONICTL = ("patronictl", "--config-file", "/etc/patroni/config.yml")
+
+
 class StackError(AssertionError):
     """A command failed or the stack was not ready in time. An AssertionError: in a test it is
     the expectation that failed; make bench exits with its message."""
@@ -154,6 +159,29 @@ class Stack:
 
     def instance(self, tier: str) -> str:
         return f"{self.name}-{tier}"
+
+    # Which database VM leads is Patroni's to say (it fails over by itself): never the names.
+    def database_members(self) -> dict[str, dict]:
+        """Tier -> Patroni's view of that member (`patronictl list`), asked on the first
+        database VM that answers."""
+        for tier in DATABASE_TIERS:
+            result = self.lxc_exec(self.instance(tier), *PATRONICTL, "list", "--format", "json",
+                                   timeout=30, check=False)  # fmt: skip
+            if result.returncode == 0:
+                members = json.loads(result.stdout)
+                prefix = f"{self.name}-"
+                return {member["Member"].removeprefix(prefix): member for member in members}
+        raise StackError("no database VM answers `patronictl list`")
+
+    def leader(self) -> str:
+        """The tier of the database VM that leads now."""
+        (tier,) = [t for t, member in self.database_members().items() if member["Role"] == "Leader"]
+        return tier
+
+    def replica(self) -> str:
+        """The tier of the database VM that replicates now."""
+        (tier,) = [t for t, member in self.database_members().items() if member["Role"] != "Leader"]
+        return tier
 
     def psql(self, tier: str, sql: str) -> str:
         """SQL as the postgres superuser on the flaskfleet database of that tier's instance."""

@@ -25,6 +25,7 @@ PASSWORDS = {
     "vault_postgresql_app_password": 24,
     "vault_postgresql_app_owner_password": 24,
     "vault_postgresql_replication_password": 24,
+    "vault_postgresql_rewind_password": 24,
     "vault_postgresql_monitor_password": 24,
     "vault_redis_admin_password": 24,
     "vault_redis_app_password": 24,

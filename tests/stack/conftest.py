@@ -42,6 +42,9 @@ playbook = driver.playbook
 lxc = driver.lxc
 instance = driver.instance
 psql = driver.psql
+database_members = driver.database_members
+leader = driver.leader
+replica = driver.replica
 vault_view = driver.vault_view
 inventory_dir = driver.inventory_dir
 inventory_hosts = driver.inventory_hosts
@@ -53,14 +56,17 @@ __all__ = [
     "STACK_SH",
     "Load",
     "OrderLoad",
+    "database_members",
     "instance",
     "inventory_dir",
     "inventory_groups",
     "inventory_hosts",
+    "leader",
     "lxc",
     "playbook",
     "psql",
     "recap_changed",
+    "replica",
     "run",
     "vault_view",
     "wait_for",

@@ -1,5 +1,6 @@
 """End to end through the load balancer on 127.0.0.1. The tests run in file
-order: the failure tests come last, and promotion is the very last."""
+order: a planned switchover first (the rest runs with the second database VM
+leading), the failure tests last, database failovers the very last."""
 
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ from conftest import (
     STACK_SH,
     Load,
     OrderLoad,
+    database_members,
     instance,
     inventory_dir,
     inventory_groups,
     inventory_hosts,
+    leader,
     lxc,
     playbook,
     psql,
     recap_changed,
+    replica,
     run,
     vault_view,
     wait_for,
@@ -50,6 +54,31 @@ def new_product(stack, session=None, stock=100) -> tuple[requests.Session, dict]
     )
     assert response.status_code == 201, response.text
     return session, response.json()
+
+
+def test_a_planned_switchover_under_load_fails_no_request(stack):
+    """`make switchover` under reads and orders: the replica leads, the old leader streams from
+    it, no read and no order fails. The tests after this one (a plain site.yml run, the deploys)
+    run with the second database VM leading, as after a failover: the app follows it with no
+    configuration change, and the playbooks ask Patroni who leads."""
+    old = leader()
+    _, product = new_product(stack, stock=100000)
+    with (
+        Load(f"{stack.url}/api/v1/products?limit=5", seconds=300) as load,
+        OrderLoad(stack.url, stack.session("shop"), product["id"], rate=4, seconds=300) as orders,
+    ):
+        time.sleep(2)
+        started = time.monotonic()
+        run("make", "-s", "switchover", timeout=600)
+        took = time.monotonic() - started
+        time.sleep(2)
+    assert leader() != old, database_members()
+    assert cluster_is_whole(database_members()), database_members()
+    assert load.failed == 0, load.summary()
+    assert orders.failed == [], orders.summary()
+    assert len(orders.acknowledged) > 10, orders.summary()
+    figures = {"make_switchover_s": round(took, 1), "reads": load.summary()}
+    (LOG_DIR / "switchover.json").write_text(json.dumps({**figures, "orders": orders.summary()}))
 
 
 def test_second_plain_site_run_changes_nothing(stack):
@@ -123,9 +152,9 @@ def test_a_write_is_read_back_at_once_and_reaches_the_replica(stack):
     assert read.json()["sku"] == product["sku"]
     query = f"SELECT sku FROM products WHERE id = {int(product['id'])}"  # noqa: S608 - an int
     deadline = time.monotonic() + 10
-    while not psql("postgres-replica", query) and time.monotonic() < deadline:
+    while not psql(replica(), query) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert psql("postgres-replica", query) == product["sku"]
+    assert psql(replica(), query) == product["sku"]
 
 
 def test_a_second_get_is_a_cache_hit(stack):
@@ -217,13 +246,13 @@ def test_every_connection_inside_the_stack_is_tls(stack):
     """The app's PostgreSQL sessions and the replica's stream are encrypted; a plaintext client
     is refused by PostgreSQL and by Redis (tried from an app node, with the app's own drivers)."""
     sessions = psql(
-        "postgres-primary",
+        leader(),
         "SELECT s.ssl, count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
         " WHERE a.usename IN ('flaskfleet', 'flaskfleet_owner') GROUP BY s.ssl",
     )
     assert sessions.startswith("t|") and "f|" not in sessions, sessions
     stream = psql(
-        "postgres-primary",
+        leader(),
         "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
     )
     assert stream == "t", stream
@@ -232,7 +261,7 @@ def test_every_connection_inside_the_stack_is_tls(stack):
     plaintext_pg = (
         "import psycopg2\n"
         "try:\n"
-        f"    psycopg2.connect(host='{hosts[instance('postgres-primary')]['private_ip']}',"
+        f"    psycopg2.connect(host='{hosts[instance(leader())]['private_ip']}',"
         " dbname='flaskfleet', user='flaskfleet', password='x', sslmode='disable')\n"
         "except psycopg2.OperationalError as exc:\n"
         "    print(exc)\n"
@@ -544,18 +573,17 @@ def test_a_scheduled_backup_runs_and_its_age_reaches_prometheus(stack):
 def test_a_point_in_time_restore_brings_back_a_dropped_table_without_later_writes(stack):
     """The restore drill: write A, note the time, write B, drop a table; `make restore TIME=`
     onto the scratch VM brings back A and the table, and not B. The live stack is untouched."""
-    psql("postgres-primary", "CREATE TABLE restore_drill (note text)")
-    psql("postgres-primary", "INSERT INTO restore_drill VALUES ('A')")
+    writer = leader()
+    psql(writer, "CREATE TABLE restore_drill (note text)")
+    psql(writer, "INSERT INTO restore_drill VALUES ('A')")
     _, product_a = new_product(stack)
     time.sleep(1)
-    noted = psql(
-        "postgres-primary", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-    )
+    noted = psql(writer, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
     time.sleep(1)
     _, product_b = new_product(stack)
-    psql("postgres-primary", "INSERT INTO restore_drill VALUES ('B')")
-    psql("postgres-primary", "DROP TABLE restore_drill")
-    rows = int(psql("postgres-primary", "SELECT count(*) FROM products"))
+    psql(writer, "INSERT INTO restore_drill VALUES ('B')")
+    psql(writer, "DROP TABLE restore_drill")
+    rows = int(psql(writer, "SELECT count(*) FROM products"))
     try:
         seconds = stack.timed("make", "-s", "restore", f"TIME={noted}", timeout=1800)
         report = json.loads((stack.state / "restore.json").read_text())
@@ -565,7 +593,7 @@ def test_a_point_in_time_restore_brings_back_a_dropped_table_without_later_write
         assert psql("restore", f"SELECT count(*) FROM products WHERE id = {b_id}") == "0"  # noqa: S608
         assert report["target"].startswith(noted[:19]) and report["backup_set"] != "?", report
         # The live cluster kept B and lost the table.
-        assert psql("postgres-primary", "SELECT to_regclass('restore_drill') IS NULL") == "t"
+        assert psql(writer, "SELECT to_regclass('restore_drill') IS NULL") == "t"
         (LOG_DIR / "restore.json").write_text(
             json.dumps({**report, "make_restore_seconds": round(seconds, 1), "live_products": rows})
         )
@@ -632,7 +660,7 @@ def receipts(order_id: str) -> int:
     """How many receipts the order has (the worker writes one when it confirms it)."""
     public_id = uuid.UUID(order_id)  # parsed, so the query below holds nothing but a UUID
     query = "SELECT count(*) FROM order_receipts r JOIN orders o ON o.id = r.order_id"
-    return int(psql("postgres-primary", f"{query} WHERE o.public_id = '{public_id}'"))
+    return int(psql(leader(), f"{query} WHERE o.public_id = '{public_id}'"))
 
 
 def on_workers(*command):
@@ -672,7 +700,7 @@ def test_a_worker_killed_mid_task_completes_it_exactly_once(stack):
     _, product = new_product(stack)
     # EXCLUSIVE lets the order be placed and read, but not its receipt be written.
     lock = subprocess.Popen(
-        ["lxc", "exec", instance("postgres-primary"), "--", "runuser", "-u", "postgres", "--",
+        ["lxc", "exec", instance(leader()), "--", "runuser", "-u", "postgres", "--",
          "psql", "-d", "flaskfleet", "-c",
          "BEGIN; LOCK TABLE order_receipts IN EXCLUSIVE MODE; SELECT pg_sleep(15); COMMIT;"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -785,7 +813,7 @@ def test_redis_and_replica_blackholed_under_load_fail_no_request(stack):
     ):
         time.sleep(5)
         started = time.monotonic()
-        with stack.blackhole("redis", REDIS_PORT), stack.blackhole("postgres-replica", PG_PORT):
+        with stack.blackhole("redis", REDIS_PORT), stack.blackhole(replica(), PG_PORT):
             time.sleep(BLACKHOLE_SECONDS)
             during = {host: app_metrics(host, address) for host, address in apps.items()}
         window = time.monotonic() - started
@@ -909,9 +937,10 @@ def test_redis_stopped_alerts_the_webhook_then_resolves(stack):
     stack.wait_ready()
 
 
-def test_replica_down_reads_fall_back_to_the_primary(stack):
+def test_replica_down_reads_fall_back_to_the_leader(stack):
     _, product = new_product(stack)
-    lxc("stop", instance("postgres-replica"))
+    standby = replica()
+    lxc("stop", instance(standby))
     try:
         body = stack.wait_ready(expect="degraded")
         assert body["checks"]["replica"]["status"] == "down"
@@ -920,35 +949,144 @@ def test_replica_down_reads_fall_back_to_the_primary(stack):
         listing = requests.get(f"{stack.url}/api/v1/products?limit=3", timeout=15)
         assert listing.status_code == 200, listing.text
     finally:
-        lxc("start", instance("postgres-replica"))
+        lxc("start", instance(standby))
+    wait_for(database_members, cluster_is_whole, "the replica streaming again", seconds=180)
     stack.wait_ready()
 
 
-def test_promotion_keeps_every_acknowledged_order_and_takes_writes(stack):
-    _, product = new_product(stack, stock=1000)
-    acknowledged = place_orders(stack, product, 20)
+def cluster_is_whole(members: dict[str, dict]) -> bool:
+    """One leader, and every other member a replica that runs and streams from it."""
+    leaders = [m for m in members.values() if m["Role"] == "Leader" and m["State"] == "running"]
+    return (
+        len(members) == 2
+        and len(leaders) == 1
+        and all(
+            m["State"] in ("running", "streaming") and m.get("Lag in MB") not in ("", "unknown")
+            for m in members.values()
+            if m["Role"] != "Leader"
+        )
+    )
 
-    lxc("stop", instance("postgres-primary"))
-    playbook("promote.yml")
 
-    body = stack.wait_ready()
-    assert body["checks"]["primary"]["status"] == "ok"
-    assert psql("postgres-replica", "SELECT pg_is_in_recovery()") == "f"
-    ids = ",".join(f"'{uuid.UUID(order_id)}'" for order_id in acknowledged)
+def orders_present(tier: str, order_ids: list) -> int:
+    ids = ",".join(f"'{uuid.UUID(order_id)}'" for order_id in order_ids)
     query = f"SELECT count(*) FROM orders WHERE public_id IN ({ids})"  # noqa: S608 - UUIDs
-    assert psql("postgres-replica", query) == str(len(acknowledged))
+    return int(psql(tier, query))
+
+
+def crash_the_leader_under_orders(stack, name: str) -> dict:
+    """Orders at a steady rate, clients retrying with the same key for up to 2 minutes; the
+    leader's VM stopped with --force (a crash, not a shutdown). Measures the seconds until
+    Patroni names a new leader and until the old one streams from it again (no operator
+    action: it is only started again), and counts acknowledged orders missing afterwards."""
+    _, product = new_product(stack, stock=100000)
+    old = leader()
     shop = stack.session("shop")
-    for order_id in acknowledged:
-        response = shop.get(f"{stack.url}/api/v1/orders/{order_id}", timeout=10)
-        assert response.status_code == 200, response.text
-    _, after = new_product(stack)
-    assert requests.get(f"{stack.url}/api/v1/products/{after['id']}", timeout=10).ok
-    # Backups follow the role: the monitor now backs up the promoted replica (pgBackRest
-    # finds the primary among the database hosts; the old one is down), and its WAL, on the
-    # new timeline, reaches the repository.
-    start_incremental_backup()
-    info = lxc("exec", instance("monitor"), "--", "runuser", "-u", "postgres", "--",
-               "pgbackrest", "--stanza=flaskfleet", "--output=json", "info").stdout  # fmt: skip
-    (stanza,) = json.loads(info)
-    newest = max(stanza["backup"], key=lambda backup: backup["timestamp"]["stop"])
-    assert newest["type"] == "incr" and newest["archive"]["start"].startswith("00000002"), newest
+    with OrderLoad(stack.url, shop, product["id"], rate=4, seconds=150, retry_for=120) as orders:
+        time.sleep(10)
+        crashed = time.monotonic()
+        lxc("stop", "--force", instance(old))
+        members = wait_for(
+            database_members,
+            lambda members: any(
+                m["Role"] == "Leader" and m["State"] == "running" for m in members.values()
+            ),
+            "a new leader",
+            seconds=180,
+            interval=1,
+        )
+        new_leader = time.monotonic() - crashed
+        new = leader()
+        assert new != old, members
+        acknowledged_before = len(orders.acknowledged)
+        time.sleep(20)
+        lxc("start", instance(old))
+        started = time.monotonic()
+        wait_for(database_members, cluster_is_whole, f"{old} streaming from {new}", seconds=240)
+        rejoined = time.monotonic() - started
+    figures = {
+        "new_leader_after_s": round(new_leader, 1),
+        "rejoined_as_replica_after_start_s": round(rejoined, 1),
+        "orders": json.loads(orders.summary()),
+        "acknowledged_after_the_new_leader": len(orders.acknowledged) - acknowledged_before,
+        "lost": len(orders.acknowledged) - orders_present(new, orders.acknowledged),
+        "leader": {"before": old, "after": new},
+    }
+    (LOG_DIR / f"failover-{name}.json").write_text(json.dumps(figures, indent=1))
+    assert orders.failed == [], orders.summary()
+    assert figures["acknowledged_after_the_new_leader"] > 0, figures
+    assert leader() == new, database_members()
+    stack.wait_ready()
+    return figures
+
+
+def test_a_crashed_leader_is_replaced_and_rejoins_by_itself(stack):
+    """Asynchronous replication (the default): a new leader within Patroni's TTL and a loop,
+    orders accepted again with no configuration change, the old leader back as a replica. Any
+    acknowledged order lost with it is counted (the guarantee async replication does not give)."""
+    figures = crash_the_leader_under_orders(stack, "async")
+    # ttl (30) + loop_wait (10), plus the time etcd needs to expire the lock on a loaded host.
+    assert figures["new_leader_after_s"] <= 60, figures
+
+
+def test_a_leader_cut_off_from_etcd_stops_taking_writes_within_the_ttl(stack):
+    """Packets between the leader and every other etcd member dropped (its own etcd member loses
+    its quorum): within Patroni's TTL it demotes itself, so it takes no write the other side
+    does not know of, while the other member takes the lead."""
+    old = leader()
+    groups = inventory_groups()
+    etcd_members = {**groups["postgres_primary"], **groups["postgres_replica"], **groups["monitor"]}
+    others = [address for host, address in etcd_members.items() if host != instance(old)]
+    rules = "".join(
+        f"add rule inet ff_partition {chain} ip {way}addr {address} tcp {end}port"
+        " { 2379, 2380 } drop\n"
+        for address in others
+        for chain, way in (("input", "s"), ("output", "d"))
+        for end in ("s", "d")
+    )
+    table = (
+        "add table inet ff_partition\n"
+        "add chain inet ff_partition input { type filter hook input priority -10; }\n"
+        "add chain inet ff_partition output { type filter hook output priority -10; }\n"
+    )
+    lxc("exec", instance(old), "--", "nft", "-f", "-", input=table + rules)
+    cut = time.monotonic()
+    try:
+        wait_for(
+            lambda: psql(old, "SELECT pg_is_in_recovery()"),
+            lambda answer: answer == "t",
+            f"{old} demoting itself",
+            seconds=90,
+            interval=1,
+        )
+        demoted = time.monotonic() - cut
+        write = "CREATE TABLE split_brain (id int)"
+        refused = lxc("exec", instance(old), "--", "runuser", "-u", "postgres", "--",
+                      "psql", "-d", "flaskfleet", "-c", write, check=False)  # fmt: skip
+        assert refused.returncode != 0 and "read-only" in refused.stderr, refused.stderr
+    finally:
+        lxc("exec", instance(old), "--", "nft", "delete", "table", "inet", "ff_partition")
+    wait_for(database_members, cluster_is_whole, "the cluster whole again", seconds=240)
+    (LOG_DIR / "partition.json").write_text(
+        json.dumps({"demoted_after_s": round(demoted, 1), "leader_after": leader()})
+    )
+    # Patroni's TTL (postgresql_patroni_ttl, 30 s) plus one loop (10 s) to notice.
+    assert demoted <= 45, demoted
+    _, product = new_product(stack)
+    assert requests.get(f"{stack.url}/api/v1/products/{product['id']}", timeout=10).ok
+    stack.wait_ready()
+
+
+def test_with_synchronous_mode_a_leader_crash_loses_no_acknowledged_order(stack):
+    """postgresql_synchronous_mode=true through the role (Patroni's dynamic configuration), then
+    the same crash: every acknowledged order is on the new leader."""
+    result = playbook("site.yml", "--limit", "postgres", "-e", "postgresql_synchronous_mode=true")
+    assert recap_changed(result.stdout), result.stdout[-2000:]
+    wait_for(
+        database_members,
+        lambda members: any(m["Role"] == "Sync Standby" for m in members.values()),
+        "a synchronous standby",
+        seconds=60,
+    )
+    figures = crash_the_leader_under_orders(stack, "sync")
+    assert figures["lost"] == 0, figures

@@ -1,5 +1,7 @@
-"""Fixtures for the postgresql scenario: the primary and the replica as testinfra hosts."""
+"""Fixtures for the postgresql scenario: the Patroni cluster's leader and replica as testinfra hosts
+(whichever leads: the side effect crashes the first leader)."""
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -14,8 +16,9 @@ from testlib import eventually, host, run_playbook
 __all__ = ["eventually"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
-SERVICE = "postgresql@15-main"
-LOG = "/var/log/postgresql/postgresql-15-main.log"
+SERVICE = "patroni"
+MEMBERS = ("postgresql-primary", "postgresql-replica")
+PATRONICTL = "patronictl --config-file /etc/patroni/config.yml"
 APP_DATABASE = "flaskfleet"
 APP_ROLES = {"owner": "flaskfleet_owner", "runtime": "flaskfleet"}
 CA_FILE = "/etc/flaskfleet/tls/ca.crt"
@@ -25,21 +28,32 @@ KEY_FILE = "/etc/flaskfleet/tls/postgresql.key"
 VERIFY_FULL = f"sslmode=verify-full sslrootcert={CA_FILE}"
 
 
-@pytest.fixture(scope="session")
-def primary():
-    return host("postgresql-primary")
+def cluster():
+    """Patroni's view of the cluster (patronictl list), asked on the first member."""
+    return json.loads(host(MEMBERS[0]).check_output(f"{PATRONICTL} list --format json"))
 
 
 @pytest.fixture(scope="session")
-def replica():
-    return host("postgresql-replica")
+def members():
+    return {member["Member"]: member for member in cluster()}
+
+
+@pytest.fixture(scope="session")
+def leader(members):
+    (name,) = [name for name, member in members.items() if member["Role"] == "Leader"]
+    return host(name)
+
+
+@pytest.fixture(scope="session")
+def replica(members):
+    (name,) = [name for name, member in members.items() if member["Role"] != "Leader"]
+    return host(name)
 
 
 def diagnostics(host):
-    """The service's journal and PostgreSQL's log, for assertion messages."""
-    journal = host.run(f"journalctl -u {SERVICE} --no-pager -n 40").stdout
-    log = host.run(f"tail -n 40 {LOG}").stdout
-    return f"\n--- journalctl -u {SERVICE}:\n{journal}\n--- {LOG}:\n{log}"
+    """Patroni's journal (the server logs there too), for assertion messages."""
+    journal = host.run(f"journalctl -u {SERVICE} --no-pager -n 60").stdout
+    return f"\n--- journalctl -u {SERVICE}:\n{journal}"
 
 
 def psql(host, sql, database="postgres"):

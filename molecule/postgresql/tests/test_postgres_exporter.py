@@ -46,7 +46,7 @@ def monitor_password(host):
     return host.ansible.get_variables()["postgresql_monitor_password"]
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_exporter_listens_only_on_the_private_address(node, request):
     host = request.getfixturevalue(node)
     listeners = {
@@ -57,7 +57,7 @@ def test_exporter_listens_only_on_the_private_address(node, request):
     assert listeners == {private_ip(host)}, listeners
 
 
-@pytest.mark.parametrize(("node", "is_replica"), [("primary", 0.0), ("replica", 1.0)])
+@pytest.mark.parametrize(("node", "is_replica"), [("leader", 0.0), ("replica", 1.0)])
 def test_exporter_reaches_its_server_and_knows_its_role(node, is_replica, request):
     host = request.getfixturevalue(node)
     # One sample each, labelled with the server (the queries file's series carry it).
@@ -67,13 +67,13 @@ def test_exporter_reaches_its_server_and_knows_its_role(node, is_replica, reques
     assert lag[0] >= 0
 
 
-def test_primary_reports_the_standby_and_its_slot(primary, replica):
-    slot = psql(primary, "SELECT slot_name FROM pg_replication_slots").stdout.strip()
+def test_primary_reports_the_standby_and_its_slot(leader, replica):
+    slot = psql(leader, "SELECT slot_name FROM pg_replication_slots").stdout.strip()
     assert slot, "the primary has no replication slot"
     address = private_ip(replica)
 
     def scraped():
-        text = metrics(primary)
+        text = metrics(leader)
         lag = series(text, "pg_stat_replication_pg_wal_lsn_diff")
         streaming = [
             labels
@@ -94,10 +94,10 @@ def test_primary_reports_the_standby_and_its_slot(primary, replica):
         "no streaming standby on its slot in the primary's metrics:\n"
         + "\n".join(
             line
-            for line in metrics(primary).splitlines()
+            for line in metrics(leader).splitlines()
             if line.startswith(("pg_stat_replication", "pg_replication_slots"))
         )
-        + journal(primary, UNIT)
+        + journal(leader, UNIT)
     )
 
 
@@ -105,7 +105,7 @@ def test_replica_lists_no_standby_of_its_own(replica):
     assert value_once_up(replica, "pg_stat_replication_pg_wal_lsn_diff") == {}
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_monitor_password_is_in_no_process_list_nor_journal(node, request):
     host = request.getfixturevalue(node)
     password = monitor_password(host)
@@ -117,7 +117,7 @@ def test_monitor_password_is_in_no_process_list_nor_journal(node, request):
     assert not in_logs, "the monitoring password is in the journal"
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_environment_file_is_read_by_the_exporters_group_only(node, request):
     host = request.getfixturevalue(node)
     assert host.run(f"runuser -u prometheus -- test -r {ENV_FILE}").rc == 0
@@ -125,7 +125,7 @@ def test_environment_file_is_read_by_the_exporters_group_only(node, request):
     assert host.run(f"runuser -u prometheus -- test -w {ENV_FILE}").rc != 0
 
 
-def test_monitor_role_reads_statistics_not_the_apps_data(primary, replica):
+def test_monitor_role_reads_statistics_not_the_apps_data(leader, replica):
     membership = psql(
         replica,
         "SELECT pg_has_role(rolname, 'pg_monitor', 'member'),"
@@ -137,15 +137,15 @@ def test_monitor_role_reads_statistics_not_the_apps_data(primary, replica):
         f"host=127.0.0.1 user={MONITOR_ROLE} dbname={APP_DATABASE}"
         f" sslmode=verify-full sslrootcert={CA_FILE}"
     )
-    refused = primary.run(
-        f"PGPASSWORD={shlex.quote(monitor_password(primary))}"
+    refused = leader.run(
+        f"PGPASSWORD={shlex.quote(monitor_password(leader))}"
         f" psql -XAtq {shlex.quote(conninfo)} -c 'SELECT 1'"
     )
     assert refused.rc != 0
     assert "permission denied for database" in refused.stderr, refused.stderr
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_exporter_sandbox_rates_safe(node, request):
     host = request.getfixturevalue(node)
     assert exposure(host, f"{UNIT}.service") <= MAX_EXPOSURE

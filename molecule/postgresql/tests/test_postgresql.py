@@ -13,6 +13,7 @@ from conftest import (
     CA_FILE,
     CERTIFICATE_FILE,
     KEY_FILE,
+    MEMBERS,
     SERVICE,
     diagnostics,
     eventually,
@@ -31,33 +32,33 @@ def replica_address(replica):
     return replica.interface("eth0").addresses[0]
 
 
-def test_primary_streams_to_the_replica(primary):
+def test_leader_streams_to_the_replica(leader):
     states = eventually(
-        lambda: psql(primary, "SELECT state FROM pg_stat_replication").stdout.split()
+        lambda: psql(leader, "SELECT state FROM pg_stat_replication").stdout.split()
     )
-    assert states == ["streaming"], f"pg_stat_replication: {states}" + diagnostics(primary)
+    assert states == ["streaming"], f"pg_stat_replication: {states}" + diagnostics(leader)
 
 
-def test_replication_streams_over_tls(primary, replica):
+def test_replication_streams_over_tls(leader, replica):
     encrypted = eventually(
         lambda: psql(
-            primary,
+            leader,
             "SELECT s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
         ).stdout.split()
     )
     assert encrypted == ["t|TLSv1.3"], f"replication connections: {encrypted}" + diagnostics(
-        primary
+        leader
     )
     conninfo = psql(replica, "SHOW primary_conninfo").stdout
     assert f"sslmode=verify-full sslrootcert={CA_FILE}" in conninfo, conninfo
 
 
-def primary_address(primary):
-    return primary.interface("eth0").addresses[0]
+def leader_address(leader):
+    return leader.interface("eth0").addresses[0]
 
 
-def test_plaintext_connection_is_refused(primary, replica):
-    refused = psql_as(replica, "runtime", "SELECT 1", server=primary_address(primary),
+def test_plaintext_connection_is_refused(leader, replica):
+    refused = psql_as(replica, "runtime", "SELECT 1", server=leader_address(leader),
                       tls="sslmode=disable")  # fmt: skip
     assert refused.rc != 0
     assert "no pg_hba.conf entry" in refused.stderr and "no encryption" in refused.stderr, (
@@ -65,26 +66,26 @@ def test_plaintext_connection_is_refused(primary, replica):
     )
 
 
-def test_verified_tls_connection_is_accepted(primary, replica):
+def test_verified_tls_connection_is_accepted(leader, replica):
     session = psql_as(
         replica, "runtime", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        server=primary_address(primary),
+        server=leader_address(leader),
     )  # fmt: skip
-    assert session.rc == 0, session.stderr + diagnostics(primary)
+    assert session.rc == 0, session.stderr + diagnostics(leader)
     assert session.stdout.strip() == "t|TLSv1.3"
 
 
-def test_a_server_the_ca_does_not_vouch_for_is_refused(primary, replica):
+def test_a_server_the_ca_does_not_vouch_for_is_refused(leader, replica):
     # Debian's public CAs do not vouch for the stack's server.
     refused = psql_as(
-        replica, "runtime", "SELECT 1", server=primary_address(primary),
+        replica, "runtime", "SELECT 1", server=leader_address(leader),
         tls="sslmode=verify-full sslrootcert=/etc/ssl/certs/ca-certificates.crt",
     )  # fmt: skip
     assert refused.rc != 0
     assert "certificate verify failed" in refused.stderr, refused.stderr
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_certificate_names_the_host_and_its_key_stays_on_it(node, request):
     host = request.getfixturevalue(node)
     text = host.check_output(f"openssl x509 -in {CERTIFICATE_FILE} -noout -text")
@@ -95,12 +96,12 @@ def test_certificate_names_the_host_and_its_key_stays_on_it(node, request):
     assert (key.user, key.group, key.mode) == ("root", "postgres", 0o640)
 
 
-def test_row_written_on_primary_is_read_on_replica(primary, replica):
+def test_row_written_on_the_leader_is_read_on_replica(leader, replica):
     token = uuid.uuid4().hex  # interpolated into SQL below: a uuid, never outside input
     insert = f"INSERT INTO molecule_probe VALUES ('{token}')"  # noqa: S608
     select = f"SELECT token FROM molecule_probe WHERE token = '{token}'"  # noqa: S608
-    write = psql(primary, f"CREATE TABLE IF NOT EXISTS molecule_probe (token text); {insert}")
-    assert write.rc == 0, write.stderr + diagnostics(primary)
+    write = psql(leader, f"CREATE TABLE IF NOT EXISTS molecule_probe (token text); {insert}")
+    assert write.rc == 0, write.stderr + diagnostics(leader)
     found = eventually(lambda: psql(replica, select).stdout)
     assert found.strip() == token, "row not replicated within 30 s" + diagnostics(replica)
 
@@ -111,18 +112,20 @@ def test_replica_refuses_writes(replica):
     assert "read-only transaction" in write.stderr, write.stderr + diagnostics(replica)
 
 
-def test_replica_streams_from_its_slot(primary):
+def test_replica_streams_from_its_slot(leader, replica):
     slots = psql(
-        primary,
+        leader,
         "SELECT json_agg(json_build_object('name', slot_name, 'type', slot_type, 'active', active))"
         " FROM pg_replication_slots",
     )
+    # Patroni names each member's slot after it.
+    slot = replica.backend.host.replace("-", "_")
     assert json.loads(slots.stdout) == [
-        {"name": "postgresql_replica", "type": "physical", "active": True}
-    ], slots.stdout + diagnostics(primary)
+        {"name": slot, "type": "physical", "active": True}
+    ], slots.stdout + diagnostics(leader)
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_pg_hba_has_no_trust_and_admits_the_replica(node, request, replica):
     host = request.getfixturevalue(node)
     rules = json.loads(
@@ -150,9 +153,9 @@ def test_pg_hba_has_no_trust_and_admits_the_replica(node, request, replica):
     assert replication in rules, rules
 
 
-def test_passwords_are_scram_hashed(primary):
+def test_passwords_are_scram_hashed(leader):
     hashes = psql(
-        primary,
+        leader,
         "SELECT rolname, left(rolpassword, 14) FROM pg_authid WHERE rolpassword IS NOT NULL",
     ).stdout.split()
     assert sorted(hashes) == sorted(
@@ -161,26 +164,27 @@ def test_passwords_are_scram_hashed(primary):
             "flaskfleet_monitor|SCRAM-SHA-256$",
             "flaskfleet_owner|SCRAM-SHA-256$",
             "replicator|SCRAM-SHA-256$",
+            "rewinder|SCRAM-SHA-256$",
         ]
     )
 
 
 def test_replication_password_file_is_private(replica):
-    pgpass = replica.file("/var/lib/postgresql/.pgpass")
+    pgpass = replica.file("/run/postgresql/.pgpass.patroni")
     assert (pgpass.user, pgpass.mode) == ("postgres", 0o600)
 
 
-def test_app_database_is_owned_by_the_owner_role(primary):
+def test_app_database_is_owned_by_the_owner_role(leader):
     owner = psql(
-        primary,
+        leader,
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'flaskfleet'",
     ).stdout.strip()
     assert owner == APP_ROLES["owner"]
 
 
-def test_app_roles_have_no_special_attributes(primary):
+def test_app_roles_have_no_special_attributes(leader):
     attributes = psql(
-        primary,
+        leader,
         "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls"
         " FROM pg_roles WHERE rolname IN ('flaskfleet', 'flaskfleet_owner') ORDER BY rolname",
     ).stdout.split()
@@ -188,18 +192,18 @@ def test_app_roles_have_no_special_attributes(primary):
 
 
 @pytest.fixture(scope="module")
-def owner_table(primary):
+def owner_table(leader):
     """A table with a serial column, created by the owner role as a migration would."""
     table = f"orders_{uuid.uuid4().hex[:12]}"
-    create = psql_as(primary, "owner", f"CREATE TABLE {table} (id serial PRIMARY KEY, item text)")
-    assert create.rc == 0, create.stderr + diagnostics(primary)
+    create = psql_as(leader, "owner", f"CREATE TABLE {table} (id serial PRIMARY KEY, item text)")
+    assert create.rc == 0, create.stderr + diagnostics(leader)
     return table
 
 
-def test_runtime_role_reads_and_writes_the_owners_tables(primary, replica, owner_table):
+def test_runtime_role_reads_and_writes_the_owners_tables(leader, replica, owner_table):
     token = uuid.uuid4().hex
     dml = psql_as(
-        primary,
+        leader,
         "runtime",
         f"INSERT INTO {owner_table} (item) VALUES ('draft');"  # noqa: S608 - uuid-based names
         f" UPDATE {owner_table} SET item = '{token}' WHERE item = 'draft';"
@@ -207,7 +211,7 @@ def test_runtime_role_reads_and_writes_the_owners_tables(primary, replica, owner
         f" DELETE FROM {owner_table} WHERE item = 'to delete';"
         f" SELECT id, item FROM {owner_table} ORDER BY id",
     )
-    assert dml.rc == 0, dml.stderr + diagnostics(primary)
+    assert dml.rc == 0, dml.stderr + diagnostics(leader)
     assert dml.stdout.split() == [f"1|{token}"]
     # The grants reach the replica with the WAL: the runtime role reads there too.
     read = eventually(
@@ -229,20 +233,20 @@ def test_runtime_role_reads_and_writes_the_owners_tables(primary, replica, owner
     ],
     ids=["drop", "alter", "truncate", "create", "create-temporary"],
 )
-def test_runtime_role_cannot_change_the_schema(primary, owner_table, statement, refusal):
-    result = psql_as(primary, "runtime", statement.format(table=owner_table))
+def test_runtime_role_cannot_change_the_schema(leader, owner_table, statement, refusal):
+    result = psql_as(leader, "runtime", statement.format(table=owner_table))
     assert result.rc != 0, f"{statement} was allowed"
     assert refusal in result.stderr, result.stderr
 
 
-def test_runtime_role_has_exactly_its_grants(primary, owner_table):
+def test_runtime_role_has_exactly_its_grants(leader, owner_table):
     grants = f"""SELECT string_agg(privilege_type, ',' ORDER BY privilege_type)
         FROM information_schema.role_table_grants
         WHERE grantee = 'flaskfleet' AND table_name = '{owner_table}'"""  # noqa: S608
-    table_privileges = psql(primary, grants, database=APP_DATABASE).stdout.strip()
+    table_privileges = psql(leader, grants, database=APP_DATABASE).stdout.strip()
     assert table_privileges == "DELETE,INSERT,SELECT,UPDATE"
     database_privileges = psql(
-        primary,
+        leader,
         "SELECT string_agg(format('%s:%s:%s', role, privilege,"
         " has_database_privilege(role, 'flaskfleet', privilege)), ' ' ORDER BY role, privilege)"
         " FROM unnest(array['flaskfleet', 'replicator']) AS role,"
@@ -259,10 +263,10 @@ def test_runtime_role_has_exactly_its_grants(primary, owner_table):
     ]
 
 
-def test_upgrade_hands_the_runtime_roles_objects_to_the_owner(primary):
+def test_upgrade_hands_the_runtime_roles_objects_to_the_owner(leader):
     """side_effect.yml rebuilt the previous release's state: the runtime role owned everything."""
     owned = psql(
-        primary,
+        leader,
         "SELECT count(*) FROM pg_shdepend WHERE deptype = 'o'"
         " AND refobjid = 'flaskfleet'::regrole AND dbid IN (0,"
         " (SELECT oid FROM pg_database WHERE datname = current_database()))",
@@ -270,29 +274,29 @@ def test_upgrade_hands_the_runtime_roles_objects_to_the_owner(primary):
     ).stdout.strip()
     assert owned == "0"
     owners = psql(
-        primary,
+        leader,
         "SELECT relname, pg_get_userbyid(relowner) FROM pg_class"
         " WHERE relname IN ('legacy_orders', 'legacy_orders_id_seq') ORDER BY relname",
         database=APP_DATABASE,
     ).stdout.split()
     assert owners == ["legacy_orders|flaskfleet_owner", "legacy_orders_id_seq|flaskfleet_owner"]
     write = psql_as(
-        primary,
+        leader,
         "runtime",
         "INSERT INTO legacy_orders (item) VALUES ('placed after the upgrade');"
         " SELECT count(*) FROM legacy_orders",
     )
     assert write.rc == 0, write.stderr
-    drop = psql_as(primary, "runtime", "DROP TABLE legacy_orders")
+    drop = psql_as(leader, "runtime", "DROP TABLE legacy_orders")
     assert "must be owner of table" in drop.stderr
 
 
 @pytest.mark.parametrize("role", ["owner", "runtime"])
-def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role, primary, replica):
+def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role, leader, replica):
     """The replica host is also in group app (molecule.yml): pg_hba admits its address."""
-    server = primary.interface("eth0").addresses[0]
+    server = leader.interface("eth0").addresses[0]
     allowed = psql_as(replica, role, "SELECT current_user", server=server)
-    assert allowed.rc == 0, allowed.stderr + diagnostics(primary)
+    assert allowed.rc == 0, allowed.stderr + diagnostics(leader)
     assert allowed.stdout.strip() == APP_ROLES[role]
     refused = psql_as(replica, role, "SELECT 1", server=server, database="postgres")
     assert refused.rc != 0
@@ -305,30 +309,30 @@ def test_a_second_converge_changes_nothing_after_the_upgrade():
     assert set(re.findall(r"changed=(\d+)", output)) == {"0"}, output
 
 
-def test_rotation_reloads_the_new_certificate_without_restart(primary, replica):
+def test_rotation_reloads_the_new_certificate_without_restart(leader, replica):
     """-e pki_rotate=true: new keys and certificates on both servers, served after a reload (the
     postmasters keep running), and replication carries on over TLS."""
-    server = primary_address(primary)
+    server = leader_address(leader)
     pids = {
-        name: postmaster_pid(host) for name, host in (("primary", primary), ("replica", replica))
+        name: postmaster_pid(host) for name, host in (("leader", leader), ("replica", replica))
     }
     serial_before = served_serial(replica, server)
     returncode, output = run_converge("pki_rotate=true")
     assert returncode == 0, output[-3000:]
     serial_after = served_serial(replica, server)
-    assert serial_after != serial_before, diagnostics(primary)
-    assert serial_after == primary.check_output(
+    assert serial_after != serial_before, diagnostics(leader)
+    assert serial_after == leader.check_output(
         f"openssl x509 -in {CERTIFICATE_FILE} -noout -serial"
     )
-    assert pids == {"primary": postmaster_pid(primary), "replica": postmaster_pid(replica)}
+    assert pids == {"leader": postmaster_pid(leader), "replica": postmaster_pid(replica)}
     token = uuid.uuid4().hex  # interpolated into SQL below: a uuid, never outside input
-    write = psql(primary, f"INSERT INTO molecule_probe VALUES ('{token}')")  # noqa: S608
+    write = psql(leader, f"INSERT INTO molecule_probe VALUES ('{token}')")  # noqa: S608
     assert write.rc == 0, write.stderr
     select = f"SELECT token FROM molecule_probe WHERE token = '{token}'"  # noqa: S608
     assert eventually(lambda: psql(replica, select).stdout.strip() == token), diagnostics(replica)
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_service_sandbox_rates_safe(node, request):
     host = request.getfixturevalue(node)
     report = host.run(f"systemd-analyze security {SERVICE}.service").stdout
@@ -337,7 +341,7 @@ def test_service_sandbox_rates_safe(node, request):
     assert float(match.group(1)) <= MAX_EXPOSURE, report
 
 
-@pytest.mark.parametrize("node", ["primary", "replica"])
+@pytest.mark.parametrize("node", ["leader", "replica"])
 def test_server_runs_as_postgres_without_capabilities(node, request):
     host = request.getfixturevalue(node)
     pid = host.run(f"systemctl show -P MainPID {SERVICE}").stdout.strip()
@@ -349,16 +353,16 @@ def test_server_runs_as_postgres_without_capabilities(node, request):
     assert status["NoNewPrivs"] == "1"
 
 
-def test_server_cannot_write_outside_its_directories(primary):
+def test_server_cannot_write_outside_its_directories(leader):
     # The postgres user owns its home, but the sandbox mounts it read-only.
-    write = psql(primary, "COPY (SELECT 1) TO '/var/lib/postgresql/sandbox-probe'")
+    write = psql(leader, "COPY (SELECT 1) TO '/var/lib/postgresql/sandbox-probe'")
     assert write.rc != 0
     assert "Read-only file system" in write.stderr, write.stderr
 
 
-def test_jit_is_off_under_memory_deny_write_execute(primary):
-    assert psql(primary, "SHOW jit").stdout.strip() == "off"
-    mdwe = primary.run(f"systemctl show -P MemoryDenyWriteExecute {SERVICE}").stdout.strip()
+def test_jit_is_off_under_memory_deny_write_execute(leader):
+    assert psql(leader, "SHOW jit").stdout.strip() == "off"
+    mdwe = leader.run(f"systemctl show -P MemoryDenyWriteExecute {SERVICE}").stdout.strip()
     assert mdwe == "yes"
 
 
@@ -370,8 +374,20 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
             "postgresql_replication_password must not be empty",
         ),
         (
-            "postgresql_replication_slot=Replica-1",
-            "Replication slot names may only contain [a-z0-9_]",
+            "postgresql_rewind_password=",
+            "postgresql_rewind_password must not be empty",
+        ),
+        (
+            "postgresql_patroni_ttl=20",
+            "Patroni needs loop_wait + 2 x retry_timeout <= ttl",
+        ),
+        (
+            "postgresql_watchdog_mode=sometimes",
+            "value of postgresql_watchdog_mode must be one of",
+        ),
+        (
+            "postgresql_group=databases",
+            "must hold the database hosts; it holds none",
         ),
         (
             '{"postgresql_settings": ["shared_buffers=1GB"]}',
@@ -383,7 +399,7 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
         ),
         (
             "postgresql_app_owner=flaskfleet",
-            "must be three different roles",
+            "must be four different roles",
         ),
         (
             '{"postgresql_settings": {"jit": true}}',
@@ -411,7 +427,10 @@ def test_jit_is_off_under_memory_deny_write_execute(primary):
     ],
     ids=[
         "empty-password",
-        "bad-slot-name",
+        "empty-rewind-password",
+        "ttl-too-short",
+        "unknown-watchdog-mode",
+        "no-database-group",
         "settings-not-a-dict",
         "empty-owner-password",
         "owner-is-runtime-role",
@@ -429,3 +448,17 @@ def test_bad_variable_fails_before_any_change(extra_vars, message):
     assert returncode != 0, output
     assert message in output, output
     assert set(re.findall(r"changed=(\d+)", output)) <= {"0"}, output
+
+
+def test_the_old_leader_rejoined_as_a_replica_after_its_crash(members, leader, replica):
+    """The side effect killed the first leader's container under Patroni: the replica took the
+    lead by itself, and the old leader, started again, rejoined as its replica with no operator
+    action; both rows, before the crash and after the failover, are on both members."""
+    assert (leader.backend.host, replica.backend.host) == MEMBERS[::-1], members
+    assert members[MEMBERS[0]]["State"] in ("running", "streaming"), members
+    assert members[MEMBERS[1]]["TL"] >= 2, members
+    for host in (leader, replica):
+        rows = eventually(
+            lambda host=host: psql(host, "SELECT step FROM molecule_failover ORDER BY step").stdout
+        )
+        assert rows.split("\n") == ["after the failover", "before the crash"], diagnostics(host)
