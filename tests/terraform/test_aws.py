@@ -409,7 +409,13 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
     # from the hosts that upload their journals, for Prometheus and
     # Alertmanager from admins tunnelling through the bastion, and on
     # pgBackRest's port from the databases (WAL archive) and the restore VM;
-    # the databases on pgBackRest's port from the monitor (backups).
+    # the databases on pgBackRest's port from the monitor (backups). Failover:
+    # PostgreSQL both ways between the databases (either may lead), etcd's
+    # client port from the databases to the other members (the monitor is the
+    # third), its peer port between every two members, and Patroni's REST API
+    # between the databases and from the monitor (its metrics).
+    databases = ["postgres-primary", "postgres-replica"]
+    etcd_members = [*databases, "monitor"]
     assert ingress == {
         ("0.0.0.0/0", "lb", 80),
         ("0.0.0.0/0", "lb", 443),
@@ -419,6 +425,7 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ("app", "postgres-primary", 5432),
         ("app", "postgres-replica", 5432),
         ("postgres-replica", "postgres-primary", 5432),
+        ("postgres-primary", "postgres-replica", 5432),
         ("app", "queue", 6379),
         ("worker", "queue", 6379),
         ("worker", "postgres-primary", 5432),
@@ -440,6 +447,37 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ("monitor", "postgres-primary", 8432),
         ("monitor", "postgres-replica", 8432),
         ("restore", "monitor", 8432),
+        *(
+            (member, other, 2379)
+            for member in databases
+            for other in etcd_members
+            if other != member
+        ),
+        *(
+            (member, other, 2380)
+            for member in etcd_members
+            for other in etcd_members
+            if other != member
+        ),
+        ("postgres-replica", "postgres-primary", 8008),
+        ("postgres-primary", "postgres-replica", 8008),
+        ("monitor", "postgres-primary", 8008),
+        ("monitor", "postgres-replica", 8008),
+    }
+    # Each flow between tiers is opened at its source too, and nothing else
+    # leaves a tier but package mirrors on 80 and 443.
+    egress = set()
+    for group in groups:
+        source = by_id[group["GroupId"]]
+        for permission in group["IpPermissionsEgress"]:
+            port = permission.get("FromPort")
+            for pair in permission.get("UserIdGroupPairs", []):
+                egress.add((source, by_id[pair["GroupId"]], port))
+            for block in permission.get("IpRanges", []):
+                egress.add((source, block["CidrIp"], port))
+    assert egress == {
+        *((source, target, port) for source, target, port in ingress if source in by_id.values()),
+        *((tier, "0.0.0.0/0", port) for tier in by_id.values() for port in (80, 443)),
     }
 
 
@@ -541,20 +579,22 @@ def test_site_yml_plays_reach_the_right_hosts(stack, inventory_dir, vault):
     """`ansible-playbook -i inventories/aws site.yml --list-hosts` with the vault,
     as README.md runs it: each play's hosts, nothing connected to."""
     groups = hosts_by_group(stack)
+    databases = groups["postgres_primary"] + groups["postgres_replica"]
     expected = {
         "all": sorted(host for hosts in groups.values() for host in hosts),
-        "monitor:postgres_primary:postgres_replica": sorted(
-            groups["monitor"] + groups["postgres_primary"] + groups["postgres_replica"]
-        ),
+        "postgres": sorted(databases),
+        # etcd's members, and pgBackRest's repository host with its databases.
+        "postgres:monitor": sorted(databases + groups["monitor"]),
+        "monitor:postgres": sorted(databases + groups["monitor"]),
         **groups,
     }
     plays = site_playbook(inventory_dir, vault, "--list-hosts")
     assert [re.match(r"  play #\d+ \(([\w:]+)\)", play)[1] for play in plays] == [
         "all",
         "all",
-        "postgres_primary",
-        "postgres_replica",
-        "monitor:postgres_primary:postgres_replica",
+        "postgres:monitor",
+        "postgres",
+        "monitor:postgres",
         "redis",
         "queue",
         "app",
@@ -601,7 +641,7 @@ def test_restore_yml_plays_reach_the_restore_vm_and_the_repository_host(
 def test_site_yml_lists_each_plays_role_tasks(inventory_dir, vault):
     """--list-tasks parses every role for these hosts without connecting."""
     roles = [
-        *("common", "journal", "postgresql", "postgresql", "pgbackrest"),
+        *("common", "journal", "etcd", "postgresql", "pgbackrest"),
         *("redis", "redis", "app", "worker"),
         "nginx",
         *("exporters", "prometheus"),

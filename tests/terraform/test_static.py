@@ -84,6 +84,9 @@ def test_aws_service_ports_agree_with_the_playbooks_ports(tofu_for):
         "alertmanager": ports["prometheus_alertmanager_port"],
         "journal_remote": ports["journal_remote_port"],
         "pgbackrest": ports["pgbackrest_tls_port"],
+        "etcd_client": ports["etcd_client_port"],
+        "etcd_peer": ports["etcd_peer_port"],
+        "patroni": ports["postgresql_patroni_port"],
     }
     # The lb's security group opens 80 (redirect, ACME HTTP-01) and 443, fixed
     # by the protocols rather than chosen: nginx must listen on exactly those.
@@ -234,7 +237,7 @@ def test_checkov_finds_nothing_unexplained():
                 "service_ports={app=8000, redis=0, postgresql=5432, worker_metrics=9808,"
                 " node_exporter=9100, postgres_exporter=9187, redis_exporter=9121,"
                 " nginx_exporter=9113, prometheus=9090, alertmanager=9093, journal_remote=19532,"
-                " pgbackrest=8432}",
+                " pgbackrest=8432, etcd_client=2379, etcd_peer=2380, patroni=8008}",
             ],
             "Every service port must be a whole number from 1 to 65535.",
         ),

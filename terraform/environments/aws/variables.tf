@@ -112,7 +112,7 @@ variable "restore_count" {
 }
 
 variable "service_ports" {
-  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer; also their /metrics), redis (the cache, and the task queue, which runs the same role), postgresql, worker_metrics (each worker's metrics), the exporters (node_exporter on every VM; postgres, redis, nginx beside their services), prometheus and alertmanager (on the monitor, reached through the bastion), journal_remote (the monitor's systemd-journal-remote, every VM's log upload), pgbackrest (pgBackRest's TLS server on the monitor, the backup repository host, and on each database). The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
+  description = "Ports the services listen on inside the VPC, for the security groups: app (the application servers, behind the load balancer; also their /metrics), redis (the cache, and the task queue, which runs the same role), postgresql, worker_metrics (each worker's metrics), the exporters (node_exporter on every VM; postgres, redis, nginx beside their services), prometheus and alertmanager (on the monitor, reached through the bastion), journal_remote (the monitor's systemd-journal-remote, every VM's log upload), pgbackrest (pgBackRest's TLS server on the monitor, the backup repository host, and on each database), etcd_client and etcd_peer (etcd, where Patroni keeps its leader lock: a member on each database and on the monitor), patroni (Patroni's REST API on each database). The roles own them and the playbook sets them in group_vars/all/ports.yml; keep the two equal (tests/terraform checks this default against it)."
   type = object({
     app               = number
     redis             = number
@@ -126,6 +126,9 @@ variable "service_ports" {
     alertmanager      = number
     journal_remote    = number
     pgbackrest        = number
+    etcd_client       = number
+    etcd_peer         = number
+    patroni           = number
   })
   default = {
     app               = 8000
@@ -140,6 +143,9 @@ variable "service_ports" {
     alertmanager      = 9093
     journal_remote    = 19532
     pgbackrest        = 8432
+    etcd_client       = 2379
+    etcd_peer         = 2380
+    patroni           = 8008
   }
 
   validation {

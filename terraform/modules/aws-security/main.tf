@@ -1,7 +1,8 @@
 # One security group per tier, and only the flows the design needs:
 #   internet -> lb 443 (HTTPS) and 80 (the HTTP->HTTPS redirect and ACME
 #   HTTP-01), admin -> lb 22 (the lb is the bastion), lb -> app, app -> redis,
-#   app -> postgres (primary and replica), replica -> primary, app and
+#   app -> postgres (primary and replica), streaming replication both ways
+#   between the databases (after a failover the old replica leads), app and
 #   worker -> queue (producers and consumers), worker -> postgres (primary and
 #   replica), lb -> every private host 22; monitor -> every host's exporters
 #   and metrics ports (it scrapes them), every host -> monitor's
@@ -10,7 +11,15 @@
 #   ways between the databases and the monitor (the backup repository host):
 #   databases -> monitor (WAL archive-push and archive-get), monitor ->
 #   databases (backups), and restore -> monitor (the restore drill reads the
-#   repository). Nothing else reaches a worker or the restore VM.
+#   repository). Failover (Patroni, its leader lock in an etcd cluster of three
+#   members: one on each database and one on the monitor, the third vote): the
+#   databases -> every other member's etcd client port (Patroni talks to any
+#   member), every member <-> every other on etcd's peer port, the databases
+#   <-> each other on Patroni's REST port (they compare WAL positions before
+#   one takes the lead) and monitor -> both on it (Prometheus scrapes Patroni).
+#   A host reaches its own etcd member over its own address, which no security
+#   group filters, so no rule runs from a tier to itself. Nothing else reaches
+#   a worker or the restore VM.
 # The service ports come in as var.service_ports: the roles own them and the
 # playbook sets them in group_vars/all/ports.yml (tests/terraform checks that
 # the aws environment's default agrees), so this module writes none of them.
@@ -19,6 +28,9 @@
 # VPC resolver and time service are reachable without a rule.
 locals {
   tiers = toset(["lb", "app", "worker", "redis", "queue", "postgres_primary", "postgres_replica", "monitor", "restore"])
+  # Patroni runs on the databases; etcd on them and on the monitor.
+  databases    = ["postgres_primary", "postgres_replica"]
+  etcd_members = concat(local.databases, ["monitor"])
 
   flows = concat(
     [
@@ -27,6 +39,11 @@ locals {
       { from = "app", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
       { from = "app", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL reads" },
       { from = "postgres_replica", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL streaming replication" },
+      { from = "postgres_primary", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL streaming replication after a failover" },
+      { from = "postgres_replica", to = "postgres_primary", port = var.service_ports.patroni, what = "Patroni REST API (failover checks)" },
+      { from = "postgres_primary", to = "postgres_replica", port = var.service_ports.patroni, what = "Patroni REST API (failover checks)" },
+      { from = "monitor", to = "postgres_primary", port = var.service_ports.patroni, what = "Patroni metrics scrape" },
+      { from = "monitor", to = "postgres_replica", port = var.service_ports.patroni, what = "Patroni metrics scrape" },
       { from = "app", to = "queue", port = var.service_ports.redis, what = "Task queue (producer)" },
       { from = "worker", to = "queue", port = var.service_ports.redis, what = "Task queue (consumer)" },
       { from = "worker", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
@@ -49,6 +66,8 @@ locals {
     [for tier in sort(tolist(local.tiers)) : { from = "lb", to = tier, port = 22, what = "SSH through the bastion" } if tier != "lb"],
     [for tier in sort(tolist(local.tiers)) : { from = "monitor", to = tier, port = var.service_ports.node_exporter, what = "Node exporter scrape" } if tier != "monitor"],
     [for tier in sort(tolist(local.tiers)) : { from = tier, to = "monitor", port = var.service_ports.journal_remote, what = "Journal upload" } if tier != "monitor"],
+    [for pair in setproduct(local.databases, local.etcd_members) : { from = pair[0], to = pair[1], port = var.service_ports.etcd_client, what = "etcd client (Patroni)" } if pair[0] != pair[1]],
+    [for pair in setproduct(local.etcd_members, local.etcd_members) : { from = pair[0], to = pair[1], port = var.service_ports.etcd_peer, what = "etcd peers" } if pair[0] != pair[1]],
   )
   flow_map = { for flow in local.flows : "${flow.from}-to-${flow.to}-${flow.port}" => flow }
 

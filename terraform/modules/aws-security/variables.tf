@@ -45,7 +45,7 @@ variable "admin_cidrs" {
 }
 
 variable "service_ports" {
-  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer and the monitor), redis (the cache and the task queue), postgresql, worker_metrics, the exporters (node_exporter, postgres_exporter, redis_exporter, nginx_exporter), prometheus, alertmanager and journal_remote (on the monitor), pgbackrest (pgBackRest's TLS server, on the monitor and the databases). The roles own them; the playbook sets them in group_vars/all/ports.yml."
+  description = "The ports the services listen on inside the VPC: app (the application servers, for the load balancer and the monitor), redis (the cache and the task queue), postgresql, worker_metrics, the exporters (node_exporter, postgres_exporter, redis_exporter, nginx_exporter), prometheus, alertmanager and journal_remote (on the monitor), pgbackrest (pgBackRest's TLS server, on the monitor and the databases), etcd_client and etcd_peer (etcd, on the databases and the monitor), patroni (Patroni's REST API, on the databases). The roles own them; the playbook sets them in group_vars/all/ports.yml."
   type = object({
     app               = number
     redis             = number
@@ -59,6 +59,9 @@ variable "service_ports" {
     alertmanager      = number
     journal_remote    = number
     pgbackrest        = number
+    etcd_client       = number
+    etcd_peer         = number
+    patroni           = number
   })
 
   validation {
