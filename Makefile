@@ -15,7 +15,7 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 # two cores), then the stack suite (about 45 minutes, its tests partly timing-
 # sensitive), with the short suites beside it while it brings its stack up, so
 # none runs beside its tests.
-MOLECULE_ORDER := postgresql pgbackrest redis nginx app monitoring worker journal common
+MOLECULE_ORDER := etcd postgresql pgbackrest redis nginx app monitoring worker journal common
 TEST_SUITES := $(addprefix molecule:,$(MOLECULE_ORDER) $(filter-out $(MOLECULE_ORDER),$(MOLECULE_SCENARIOS))) \
 	stack terraform app lint playbooks rules foundation
 
