@@ -72,7 +72,7 @@ def bearer(client: str) -> dict[str, str]:
 AUTH = bearer("admin")
 
 
-def _pg_bin() -> Path:
+def pg_bin() -> Path:
     if os.environ.get("PG_BIN"):
         return Path(os.environ["PG_BIN"])
     candidates = sorted(
@@ -138,6 +138,39 @@ class PostgresServer:
                 return cur.fetchall() if cur.description else None
         finally:
             conn.close()
+
+
+def postgres_base_dir(prefix: str, run_as: str | None) -> Path:
+    """A temporary directory for servers' data directories and sockets, theirs to write."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    if run_as:
+        user = pwd.getpwnam(run_as)
+        os.chown(base, user.pw_uid, user.pw_gid)
+    return base
+
+
+def new_postgres_server(
+    bin_dir: Path, base: Path, name: str, run_as: str | None, **settings: str
+) -> PostgresServer:
+    """An initialised, stopped server on 127.0.0.1 and a free port; `settings` are added to
+    its postgresql.conf."""
+    server = PostgresServer(bin_dir, base / name, free_port(), run_as)
+    server.run(
+        "initdb", "-D", str(server.data_dir), "-U", "postgres", "-A", "trust",
+        "-E", "UTF8", "--locale=C", "--no-sync",
+    )  # fmt: skip
+    # Test-only durability settings: fsync off makes the cluster start and write quickly.
+    settings = {
+        "listen_addresses": "'127.0.0.1'",
+        "port": str(server.port),
+        "unix_socket_directories": f"'{base}'",
+        "fsync": "off",
+        "full_page_writes": "off",
+        **settings,
+    }
+    with open(server.data_dir / "postgresql.conf", "a") as conf:
+        conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+    return server
 
 
 def create_app_database(primary: PostgresServer, dbname: str) -> None:
@@ -284,34 +317,16 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    bin_dir = _pg_bin()
+    bin_dir = pg_bin()
     run_as = "postgres" if os.geteuid() == 0 else None
-    base = Path(tempfile.mkdtemp(prefix="flaskfleet-pg-"))
-    if run_as:
-        user = pwd.getpwnam(run_as)
-        os.chown(base, user.pw_uid, user.pw_gid)
-    primary = PostgresServer(bin_dir, base / "primary", free_port(), run_as)
+    base = postgres_base_dir("flaskfleet-pg-", run_as)
     replica = PostgresServer(bin_dir, base / "replica", free_port(), run_as)
     started: list[PostgresServer] = []
     try:
-        primary.run(
-            "initdb", "-D", str(primary.data_dir), "-U", "postgres", "-A", "trust",
-            "-E", "UTF8", "--locale=C", "--no-sync",
+        primary = new_postgres_server(
+            bin_dir, base, "primary", run_as,
+            wal_level="replica", max_wal_senders="5", hot_standby="on", max_connections="100",
         )  # fmt: skip
-        # Test-only durability settings: fsync off makes the cluster start and write quickly.
-        settings = {
-            "listen_addresses": "'127.0.0.1'",
-            "port": str(primary.port),
-            "unix_socket_directories": f"'{base}'",
-            "fsync": "off",
-            "full_page_writes": "off",
-            "wal_level": "replica",
-            "max_wal_senders": "5",
-            "hot_standby": "on",
-            "max_connections": "100",
-        }
-        with open(primary.data_dir / "postgresql.conf", "a") as conf:
-            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
         primary.start()
         started.append(primary)
         for role in (OWNER_ROLE, RUNTIME_ROLE):

@@ -3,6 +3,7 @@
 import json
 import ssl
 
+import psycopg2.extensions
 import pytest
 from flaskfleet import create_app
 from flaskfleet.config import ConfigError, Settings
@@ -97,6 +98,37 @@ def test_without_a_secret_key_read_your_writes_is_off(capfd):
 def test_database_url_is_required():
     with pytest.raises(ConfigError, match="FLASKFLEET_DATABASE_URL"):
         Settings.from_env({})
+
+
+def test_multi_host_urls_name_every_database_host():
+    """As the app role writes them: every PostgreSQL host, libpq picking the one that leads
+    (writes) or a standby (reads), over verified TLS."""
+    hosts = "10.0.0.30:5432,10.0.0.31:5432,[fd00::32]:5432"
+    tls = "sslmode=verify-full&sslrootcert=/etc/flaskfleet/tls/ca.crt"
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "FLASKFLEET_DATABASE_URL": f"postgresql://flaskfleet:pw@{hosts}/flaskfleet"
+            f"?target_session_attrs=read-write&{tls}",
+            "FLASKFLEET_DATABASE_REPLICA_URL": f"postgresql://flaskfleet:pw@{hosts}/flaskfleet"
+            f"?target_session_attrs=prefer-standby&{tls}",
+        }
+    )
+    primary = psycopg2.extensions.parse_dsn(settings.database_url.get_secret_value())
+    replica = psycopg2.extensions.parse_dsn(settings.database_replica_url.get_secret_value())
+    assert (primary["host"], primary["port"]) == ("10.0.0.30,10.0.0.31,fd00::32", "5432,5432,5432")
+    assert primary["target_session_attrs"] == "read-write"
+    assert replica["target_session_attrs"] == "prefer-standby"
+    assert replica["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize("variable", ["FLASKFLEET_DATABASE_URL", "FLASKFLEET_DATABASE_REPLICA_URL"])
+def test_a_target_session_attrs_libpq_would_refuse_stops_start_up(variable):
+    url = "postgresql://app@10.0.0.30:5432,10.0.0.31:5432/flaskfleet?target_session_attrs=leader"
+    with pytest.raises(
+        ConfigError, match=rf"{variable}: .*'leader' is not one of .*prefer-standby"
+    ):
+        Settings.from_env({**BASE, variable: url})
 
 
 def test_pool_bounds_are_checked():

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import limits
+import psycopg2
 import psycopg2.extensions
 from pydantic import (
     BaseModel,
@@ -42,11 +43,37 @@ class ConfigError(RuntimeError):
     """Raised when the environment does not describe a usable configuration."""
 
 
+# The target_session_attrs values libpq accepts, and the libpq version that brought them.
+# libpq checks the value only when it connects; checked here, a typo stops start-up instead
+# of failing every connection.
+SESSION_ATTRS = {
+    "any": 100000,
+    "read-write": 100000,
+    "read-only": 140000,
+    "primary": 140000,
+    "standby": 140000,
+    "prefer-standby": 140000,
+}
+
+
 def _check_dsn(value: str) -> str:
+    """A libpq connection string or URL; a URL may list several hosts (host1:port,host2:port)
+    and pick among them with target_session_attrs."""
     try:
-        psycopg2.extensions.parse_dsn(value)
+        params = psycopg2.extensions.parse_dsn(value)
     except psycopg2.ProgrammingError as exc:
         raise ValueError(f"not a libpq connection string or URL ({str(exc).strip()})") from None
+    attrs = params.get("target_session_attrs")
+    if attrs is not None:
+        if attrs not in SESSION_ATTRS:
+            raise ValueError(
+                f"target_session_attrs {attrs!r} is not one of {', '.join(SESSION_ATTRS)}"
+            )
+        if psycopg2.__libpq_version__ < SESSION_ATTRS[attrs]:
+            raise ValueError(
+                f"target_session_attrs={attrs} needs libpq {SESSION_ATTRS[attrs] // 10000}"
+                f" or later (psycopg2 uses {psycopg2.__libpq_version__})"
+            )
     return value
 
 

@@ -1,5 +1,13 @@
 """PostgreSQL access: one pool per process for the primary and one for the replica.
 
+The primary is whichever server leads: its URL may list every database host with
+target_session_attrs=read-write, so libpq connects to the one that accepts writes (and the
+replica's, with prefer-standby, to a standby). After a failover the pooled connections still
+point at the old leader: those that are gone fail their ping or their statement and are
+closed; one that finds its server taking no writes any more (a former leader back as a
+standby) is closed at its first write, SQLSTATE 25006, with every idle one, so the next
+checkout connects to the new leader. Either way the request in hand fails as unavailable.
+
 Reads go to the replica unless the client carries the WAL position of its own last write and
 the replica has not replayed that far yet; then, or when the replica is unreachable, they go
 to the primary. Writes always go to the primary and return the WAL position after commit.
@@ -23,6 +31,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 
@@ -152,23 +161,42 @@ class ConnectionPool:
             except CONNECTION_ERRORS as exc:
                 raise DatabaseUnavailable(f"{self.name}: {exc}".strip()) from exc
             metrics.DB_POOL_IN_USE.labels(self.name).inc()
+            read_only = False
             try:
                 yield conn
+            except psycopg2.errors.ReadOnlySqlTransaction as exc:
+                # The server refuses writes: it no longer leads (the app never asks for a
+                # read-only transaction). Its other connections here would fail the same way.
+                read_only = True
+                log.warning(
+                    "database server refuses writes, reconnecting", extra={"pool": self.name}
+                )
+                raise DatabaseUnavailable(f"{self.name}: {str(exc).strip()}") from exc
+            except CONNECTION_ERRORS as exc:
+                if not conn.closed:
+                    raise
+                # The server went away under the statement (a failover or a restart).
+                raise DatabaseUnavailable(f"{self.name}: {str(exc).strip()}") from exc
             finally:
                 metrics.DB_POOL_IN_USE.labels(self.name).dec()
-                self._checkin(pool, conn)
+                self._checkin(pool, conn, discard=read_only)
         finally:
             self._slots.release()
 
     @staticmethod
-    def _checkin(pool: psycopg2.pool.ThreadedConnectionPool, conn) -> None:
+    def _checkin(pool: _KeepAlivePool, conn, *, discard: bool = False) -> None:
+        """Return conn to the pool, or close it when it is broken; `discard` closes it and
+        every idle connection (their server refuses writes), so the next checkout connects
+        afresh, through target_session_attrs to the server that leads now."""
         broken = bool(conn.closed)
-        if not broken:
+        if not broken and not discard:
             try:
                 conn.rollback()
             except CONNECTION_ERRORS:
                 broken = True
-        pool.putconn(conn, close=broken)
+        pool.putconn(conn, close=broken or discard)
+        if discard:
+            pool.close_idle()
 
     def close(self) -> None:
         with self._lock:
@@ -227,7 +255,9 @@ class Database:
                 result = statement(conn)
                 conn.commit()
             except Exception:
-                conn.rollback()
+                # A connection the server dropped has nothing to roll back.
+                if not conn.closed:
+                    conn.rollback()
                 raise
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_current_wal_lsn()::text")

@@ -53,15 +53,31 @@ def test_readyz_reports_the_primary_and_redis_ok(app, address):
 CA_FILE = "/etc/flaskfleet/tls/ca.crt"
 
 
+def env_urls(app, path: str) -> dict[str, str]:
+    """The FLASKFLEET_*_URL values of an environment file the role wrote."""
+    env = app.file(path).content_string
+    return dict(re.findall(r'^(FLASKFLEET_[A-Z_]+_URL)="([^"]*)"$', env, re.MULTILINE))
+
+
 def test_the_app_verifies_postgresql_and_redis_against_the_stacks_ca(app):
-    env = app.file("/etc/flaskfleet/flaskfleet.env").content_string
-    urls = dict(re.findall(r'^(FLASKFLEET_[A-Z_]+_URL)="([^"]*)"$', env, re.MULTILINE))
-    assert urls["FLASKFLEET_DATABASE_URL"].endswith(f"?sslmode=verify-full&sslrootcert={CA_FILE}")
+    urls = env_urls(app, "/etc/flaskfleet/flaskfleet.env")
+    assert urls["FLASKFLEET_DATABASE_URL"].endswith(f"&sslmode=verify-full&sslrootcert={CA_FILE}")
     assert urls["FLASKFLEET_REDIS_URL"].startswith("rediss://")
     assert urls["FLASKFLEET_REDIS_URL"].endswith(f"?ssl_cert_reqs=required&ssl_ca_certs={CA_FILE}")
     ca = app.file(CA_FILE)
     assert (ca.user, ca.mode) == ("root", 0o644)
     assert app.run(f"runuser -u flaskfleet -- openssl x509 -in {CA_FILE} -noout").rc == 0
+
+
+def test_writes_and_migrations_connect_to_whichever_database_host_accepts_writes(app):
+    """The URLs name the postgres group's hosts (here one) and let libpq find the leader; with
+    one host there is no standby to read from, so no replica URL."""
+    postgres = host("app-postgres").interface("eth0").addresses[0]
+    service = env_urls(app, "/etc/flaskfleet/flaskfleet.env")
+    migrate = env_urls(app, "/etc/flaskfleet/migrate.env")
+    for url in (service["FLASKFLEET_DATABASE_URL"], migrate["FLASKFLEET_DATABASE_URL"]):
+        assert f"@{postgres}:5432/flaskfleet?target_session_attrs=read-write&" in url
+    assert "FLASKFLEET_DATABASE_REPLICA_URL" not in service
 
 
 def test_readyz_is_ok_over_tls_connections(app, address):
@@ -187,6 +203,7 @@ def test_reload_keeps_the_master_and_keeps_answering(app, address):
         ("app_tls_ca_file=ca.crt", "pki_ca_file must be an absolute path"),
         ("pki_ca_dir=", "pki_ca_dir must be an absolute directory on the controller"),
         ("app_drain_tasks=drain.yml", "app_drain_tasks 'drain.yml' must be empty or the absolute"),
+        ("app_db_group=postgres_standby", "Inventory group 'postgres_standby' (app_db_group) must"),
     ],
     ids=[
         "release-name",
@@ -195,6 +212,7 @@ def test_reload_keeps_the_master_and_keeps_answering(app, address):
         "relative-ca-file",
         "no-ca",
         "relative-drain-tasks",
+        "no-database-group",
     ],
 )
 def test_bad_variable_fails_before_any_change(extra_vars, message):

@@ -93,6 +93,19 @@ def test_environment_file_is_root_only_and_names_the_consumer(worker):
     assert "flaskfleet_owner" not in env.content_string
 
 
+def test_the_worker_connects_to_whichever_database_host_accepts_writes(worker, postgres):
+    """The URL names the postgres group's hosts (here one) and lets libpq find the leader, over
+    verified TLS; with one host there is no standby to read from, so no replica URL."""
+    env = worker.file("/etc/flaskfleet/worker.env").content_string
+    url = re.search(r'^FLASKFLEET_DATABASE_URL="([^"]*)"$', env, re.MULTILINE)
+    assert url is not None, "the worker's database URL is not set"
+    assert url[1].endswith(
+        f"@{private_ip(postgres)}:5432/flaskfleet?target_session_attrs=read-write"
+        f"&sslmode=verify-full&sslrootcert={CA_FILE}"
+    )
+    assert "FLASKFLEET_DATABASE_REPLICA_URL" not in env
+
+
 def test_metrics_served_on_the_private_address(worker):
     result = metrics(worker)
     assert result.rc == 0, result.stderr + diagnostics(worker)
@@ -330,6 +343,10 @@ BASE_VARS = {
         ),
         ({"worker_release": "../etc"}, "worker_release '../etc' must be 1-64 characters"),
         ({"worker_secret_key": "short"}, "worker_secret_key must be at least 16 characters"),
+        (
+            {"worker_db_group": "postgres_standby"},
+            "Inventory group 'postgres_standby' (worker_db_group) must exist and hold the",
+        ),
     ],
     ids=[
         "concurrency-0",
@@ -340,6 +357,7 @@ BASE_VARS = {
         "time-limit-not-below-visibility-timeout",
         "release-name",
         "short-secret-key",
+        "no-database-group",
     ],
 )
 def test_bad_variable_fails_before_any_change(bad_vars, message):
