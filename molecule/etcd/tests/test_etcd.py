@@ -232,8 +232,8 @@ def test_changed_setting_restarts_every_member_and_keeps_the_data():
         (
             "etcd-1",
             {"etcd_member_groups": ["postgres"]},
-            "must hold an odd number of hosts, 3 or more where the cluster must outlive a lost member"
-            " (they hold 2",
+            "must hold an odd number of hosts, 3 or more where the cluster must outlive a lost"
+            " member (they hold 2",
         ),
         ("etcd-outsider", {}, "etcd-outsider is in none of the groups ['postgres', 'monitor']"),
         ("etcd-1", {"etcd_peer_port": 2379}, "two different ports in 1..65535 (got 2379 and 2379)"),
