@@ -413,7 +413,7 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
     # PostgreSQL both ways between the databases (either may lead), etcd's
     # client port from the databases to the other members (the monitor is the
     # third), its peer port between every two members, and Patroni's REST API
-    # between the databases and from the monitor (its metrics).
+    # between the databases.
     databases = ["postgres-primary", "postgres-replica"]
     etcd_members = [*databases, "monitor"]
     assert ingress == {
@@ -461,8 +461,6 @@ def test_security_groups_allow_only_the_designed_flows(stack, ec2):
         ),
         ("postgres-replica", "postgres-primary", 8008),
         ("postgres-primary", "postgres-replica", 8008),
-        ("monitor", "postgres-primary", 8008),
-        ("monitor", "postgres-replica", 8008),
     }
     # Each flow between tiers is opened at its source too, and nothing else
     # leaves a tier but package mirrors on 80 and 443.

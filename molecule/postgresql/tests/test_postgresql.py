@@ -467,4 +467,4 @@ def test_the_old_leader_rejoined_as_a_replica_after_its_crash(members, leader, r
         rows = eventually(
             lambda member=member: psql(member, "SELECT step FROM molecule_failover ORDER BY step")
         ).stdout
-        assert rows.split("\n") == ["after the failover", "before the crash"], diagnostics(member)
+        assert rows.splitlines() == ["after the failover", "before the crash"], diagnostics(member)

@@ -16,7 +16,7 @@
 #   databases -> every other member's etcd client port (Patroni talks to any
 #   member), every member <-> every other on etcd's peer port, the databases
 #   <-> each other on Patroni's REST port (they compare WAL positions before
-#   one takes the lead) and monitor -> both on it (Prometheus scrapes Patroni).
+#   one takes the lead).
 #   A host reaches its own etcd member over its own address, which no security
 #   group filters, so no rule runs from a tier to itself. Nothing else reaches
 #   a worker or the restore VM.
@@ -42,8 +42,6 @@ locals {
       { from = "postgres_primary", to = "postgres_replica", port = var.service_ports.postgresql, what = "PostgreSQL streaming replication after a failover" },
       { from = "postgres_replica", to = "postgres_primary", port = var.service_ports.patroni, what = "Patroni REST API (failover checks)" },
       { from = "postgres_primary", to = "postgres_replica", port = var.service_ports.patroni, what = "Patroni REST API (failover checks)" },
-      { from = "monitor", to = "postgres_primary", port = var.service_ports.patroni, what = "Patroni metrics scrape" },
-      { from = "monitor", to = "postgres_replica", port = var.service_ports.patroni, what = "Patroni metrics scrape" },
       { from = "app", to = "queue", port = var.service_ports.redis, what = "Task queue (producer)" },
       { from = "worker", to = "queue", port = var.service_ports.redis, what = "Task queue (consumer)" },
       { from = "worker", to = "postgres_primary", port = var.service_ports.postgresql, what = "PostgreSQL writes" },
