@@ -10,10 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
-from testlib import eventually, host, run_playbook
+from testlib import eventually, fails_in_validation_on, host, run_playbook
 
-# The tests import eventually and host from here with the scenario's own helpers.
-__all__ = ["eventually", "host"]
+# The tests import these testlib helpers from here with the scenario's own helpers.
+__all__ = ["eventually", "fails_in_validation_on", "host"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 SERVICE = "patroni"
