@@ -10,11 +10,13 @@ former leader back as a standby, leaves the sessions it has open but refuses the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
+from types import SimpleNamespace
 
 import psycopg2
 import psycopg2.errors
@@ -30,8 +32,8 @@ from conftest import (
     postgres_base_dir,
     wait_for,
 )
-from flaskfleet import migrations
-from flaskfleet.db import ConnectionPool, Database, DatabaseUnavailable
+from flaskfleet import jobs, metrics, migrations
+from flaskfleet.db import ConnectionPool, Database, DatabaseUnavailable, write_retry_reason
 
 
 class Servers:
@@ -44,7 +46,8 @@ class Servers:
         hosts = ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
         return f"postgresql://{user}@{hosts}/flaskfleet?target_session_attrs=read-write"
 
-    def lead(self, leader: PostgresServer) -> None:
+    def lead(self, leader: PostgresServer | None) -> None:
+        """Make `leader` the only server taking writes; None: none does (mid-switchover)."""
         for server in self.servers:
             setting = "RESET default_transaction_read_only"
             if server is not leader:
@@ -114,13 +117,53 @@ def insert_product(sku: str):
     return statement
 
 
-def test_a_write_on_a_server_that_stopped_leading_reconnects_to_the_new_leader(first_leads):
-    first, second = first_leads.servers
-    pool = ConnectionPool(
-        "primary", first_leads.url(), minconn=1, maxconn=3, timeout=5, connect_timeout=3,
+def retries(reason: str) -> float:
+    return metrics.DB_WRITE_RETRIES.labels(reason)._value.get()
+
+
+def primary_pool(servers: Servers, maxconn: int = 3) -> ConnectionPool:
+    return ConnectionPool(
+        "primary", servers.url(), minconn=1, maxconn=maxconn, timeout=5, connect_timeout=3,
         statement_timeout=10,
     )  # fmt: skip
+
+
+def backend_pid(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def terminate(server: PostgresServer, pid: int) -> None:
+    """End a session as a leader shutting down does ("terminating connection due to
+    administrator command", SQLSTATE 57P01), and wait until it is gone."""
+    assert server.query("SELECT pg_terminate_backend(%s, 5000)", (pid,)) == [(True,)]
+
+
+def terminate_backend(server: PostgresServer, conn) -> None:
+    terminate(server, backend_pid(conn))
+
+
+class Calls:
+    """Wraps a write's statement, counting its runs; `before` runs first in each."""
+
+    def __init__(self, statement, before=None) -> None:
+        self.statement = statement
+        self.before = before
+        self.count = 0
+
+    def __call__(self, conn):
+        self.count += 1
+        if self.before is not None:
+            self.before(self.count, conn)
+        return self.statement(conn)
+
+
+def test_a_write_on_a_server_that_stopped_leading_runs_again_on_the_new_leader(first_leads, caplog):
+    first, second = first_leads.servers
+    pool = primary_pool(first_leads)
     database = Database(pool, None)
+    retried_before = retries("read_only")
     try:
         # Three idle connections, all to the leader of the moment.
         with ExitStack() as stack:
@@ -130,16 +173,23 @@ def test_a_write_on_a_server_that_stopped_leading_reconnects_to_the_new_leader(f
         first_leads.lead(second)
 
         # The pooled connection passes its ping (the old leader still answers) and its write
-        # is refused: the request fails as unavailable, the connection is not kept.
-        with pytest.raises(DatabaseUnavailable) as refused:
-            database.write(insert_product("REFUSED"))
-        assert isinstance(refused.value.__cause__, psycopg2.errors.ReadOnlySqlTransaction)
-        # Nor are the other two: the next write connects afresh, to the new leader.
-        assert database.write(insert_product("AFTER-FAILOVER"))[0] == second.port
+        # is refused; the transaction runs again on a new connection, to the new leader.
+        statement = Calls(insert_product("DURING-SWITCHOVER"))
+        with caplog.at_level(logging.WARNING, logger="flaskfleet.db"):
+            assert database.write(statement)[0] == second.port
+        assert statement.count == 2
+        assert retries("read_only") - retried_before == 1
+        assert [
+            record.reason
+            for record in caplog.records
+            if record.message.startswith("database write failed before its commit")
+        ] == ["read_only"]
+        # No connection to the old leader is kept: the next writes go to the new one at once.
         assert database.write(insert_product("AND-AGAIN"))[0] == second.port
         assert all(conn.info.port == second.port for conn in pool._get_pool()._pool)
+        assert retries("read_only") - retried_before == 1
         assert second.query("SELECT sku FROM products ORDER BY id") == [
-            ("AFTER-FAILOVER",),
+            ("DURING-SWITCHOVER",),
             ("AND-AGAIN",),
         ]
         assert first.query("SELECT count(*) FROM products") == [(0,)]
@@ -147,31 +197,170 @@ def test_a_write_on_a_server_that_stopped_leading_reconnects_to_the_new_leader(f
         pool.close()
 
 
-def test_a_write_whose_server_went_away_is_unavailable_and_the_next_one_reconnects(first_leads):
-    first, _ = first_leads.servers
-    pool = ConnectionPool(
-        "primary", first_leads.url(), minconn=1, maxconn=2, timeout=5, connect_timeout=3,
-        statement_timeout=10,
-    )  # fmt: skip
-    database = Database(pool, None)
+def test_a_fresh_connection_passes_over_idle_ones(first_leads):
+    """A retry connects anew: an idle connection another request put back after the failure
+    may still point at the old leader."""
+    first, second = first_leads.servers
+    pool = primary_pool(first_leads, maxconn=2)
+    try:
+        with pool.connection() as conn:
+            assert server_port(conn) == first.port
+        first_leads.lead(second)
+        with pool.connection(fresh=True) as conn:
+            assert server_port(conn) == second.port
+        # The idle one is left for its checkout's ping or write to judge.
+        assert sorted(conn.info.port for conn in pool._get_pool()._pool) == sorted(
+            [first.port, second.port]
+        )
+    finally:
+        pool.close()
 
-    def terminated_under_the_statement(conn):
-        # As a leader shutting down does to its sessions: "terminating connection due to
-        # administrator command".
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            (pid,) = cur.fetchone()
-        first.query("SELECT pg_terminate_backend(%s)", (pid,))
-        return insert_product("LOST")(conn)
+
+def test_a_write_refused_while_no_server_leads_is_unavailable(first_leads):
+    """Mid-switchover, before the new leader takes writes: the retry finds no server to
+    connect to, and the request fails as unavailable (its client retries later)."""
+    first, second = first_leads.servers
+    pool = primary_pool(first_leads)
+    database = Database(pool, None)
+    retried_before = retries("read_only")
+    try:
+        assert database.write(insert_product("BEFORE"))[0] == first.port
+        first_leads.lead(None)
+        statement = Calls(insert_product("NOBODY-LEADS"))
+        with pytest.raises(DatabaseUnavailable) as refused:
+            database.write(statement)
+        assert isinstance(refused.value.__cause__, psycopg2.OperationalError)
+        assert statement.count == 1
+        assert retries("read_only") - retried_before == 1
+
+        first_leads.lead(second)
+        assert database.write(insert_product("AFTER"))[0] == second.port
+        assert first.query("SELECT sku FROM products") == [("BEFORE",)]
+        assert second.query("SELECT sku FROM products") == [("AFTER",)]
+    finally:
+        pool.close()
+
+
+def test_a_write_whose_connection_was_terminated_runs_again(first_leads):
+    first, _ = first_leads.servers
+    pool = primary_pool(first_leads, maxconn=2)
+    database = Database(pool, None)
+    retried_before = retries("connection_lost")
+
+    def terminated_the_first_time(count: int, conn) -> None:
+        if count == 1:
+            terminate_backend(first, conn)
 
     try:
+        statement = Calls(insert_product("ONCE"), before=terminated_the_first_time)
+        assert database.write(statement)[0] == first.port
+        assert statement.count == 2
+        assert retries("connection_lost") - retried_before == 1
+        assert first.query("SELECT sku FROM products") == [("ONCE",)]
+    finally:
+        pool.close()
+
+
+def test_a_write_that_fails_again_on_its_retry_is_unavailable(first_leads):
+    first, _ = first_leads.servers
+    pool = primary_pool(first_leads, maxconn=2)
+    database = Database(pool, None)
+    retried_before = retries("connection_lost")
+    try:
+        statement = Calls(
+            insert_product("LOST"), before=lambda _, conn: terminate_backend(first, conn)
+        )
         with pytest.raises(DatabaseUnavailable) as lost:
-            database.write(terminated_under_the_statement)
+            database.write(statement)
         assert isinstance(lost.value.__cause__, psycopg2.OperationalError)
+        assert statement.count == 2
+        assert retries("connection_lost") - retried_before == 1
         assert database.write(insert_product("NEXT"))[0] == first.port
         assert first.query("SELECT sku FROM products") == [("NEXT",)]
     finally:
         pool.close()
+
+
+def test_a_write_whose_connection_is_lost_during_its_commit_is_not_run_again(first_leads):
+    """The session ends after the last statement, so the COMMIT goes out on a dead
+    connection: the client cannot tell a commit lost on its way from an answer lost on its
+    way back, and must not run the transaction a second time."""
+    first, _ = first_leads.servers
+    pool = primary_pool(first_leads, maxconn=2)
+    database = Database(pool, None)
+    retried_before = {reason: retries(reason) for reason in ("read_only", "connection_lost")}
+
+    def insert_then_lose_the_session(conn) -> int:
+        port = insert_product("IN-DOUBT")(conn)
+        terminate_backend(first, conn)
+        return port
+
+    try:
+        statement = Calls(insert_then_lose_the_session)
+        with pytest.raises(DatabaseUnavailable) as lost:
+            database.write(statement)
+        assert isinstance(lost.value.__cause__, psycopg2.OperationalError)
+        assert statement.count == 1
+        assert {reason: retries(reason) for reason in retried_before} == retried_before
+        assert first.query("SELECT count(*) FROM products") == [(0,)]
+    finally:
+        pool.close()
+
+
+def test_the_relay_is_not_run_again(first_leads):
+    """The relay publishes inside its transaction: run again, it would publish twice."""
+    first, _ = first_leads.servers
+    first.query("TRUNCATE outbox")
+    first.query(
+        "INSERT INTO outbox (task, args, created_at)"
+        " VALUES ('flaskfleet.noop', '[]', now() - interval '1 minute')"
+    )
+    pool = primary_pool(first_leads, maxconn=1)
+    database = Database(pool, None)
+    with pool.connection() as conn:
+        relay_pid = backend_pid(conn)
+    published = []
+
+    class Broker:
+        def send_task(self, task: str, **_) -> None:
+            published.append(task)
+            # The leader goes away between publishing and marking the row sent.
+            terminate(first, relay_pid)
+
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            jobs.relay(SimpleNamespace(db=database, celery=Broker()))
+        assert published == ["flaskfleet.noop"]
+        assert first.query("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(1,)]
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "connection_closed", "commit_sent", "reason"),
+    [
+        (psycopg2.errors.ReadOnlySqlTransaction(), False, False, "read_only"),
+        (psycopg2.errors.AdminShutdown(), True, False, "connection_lost"),
+        (psycopg2.OperationalError("server closed the connection unexpectedly"), True, False,
+         "connection_lost"),
+        (psycopg2.InterfaceError("connection already closed"), True, False, "connection_lost"),
+        # During the COMMIT: committed or not, nobody knows.
+        (psycopg2.errors.ReadOnlySqlTransaction(), False, True, None),
+        (psycopg2.errors.AdminShutdown(), True, True, None),
+        (psycopg2.OperationalError("server closed the connection unexpectedly"), True, True,
+         None),
+        # The statement's own errors, on a connection still open.
+        (psycopg2.errors.QueryCanceled(), False, False, None),
+        (psycopg2.errors.DeadlockDetected(), False, False, None),
+        (psycopg2.errors.UniqueViolation(), False, False, None),
+        (ValueError("not a database error"), False, False, None),
+    ],
+)  # fmt: skip
+def test_which_write_failures_are_run_again(error, connection_closed, commit_sent, reason):
+    assert (
+        write_retry_reason(error, connection_closed=connection_closed, commit_sent=commit_sent)
+        == reason
+    )
 
 
 @pytest.fixture
@@ -182,7 +371,7 @@ def app_env(app_env, first_leads: Servers) -> dict[str, str]:
     return env
 
 
-def test_the_api_answers_503_once_then_writes_to_the_new_leader(first_leads, client):
+def test_the_api_writes_through_a_switchover_to_the_new_leader(first_leads, client):
     first, second = first_leads.servers
 
     def create(sku: str):
@@ -191,10 +380,22 @@ def test_the_api_answers_503_once_then_writes_to_the_new_leader(first_leads, cli
 
     assert create("BEFORE").status_code == 201
     first_leads.lead(second)
-    refused = create("DURING")
+    during = create("DURING")
+    assert during.status_code == 201, during.json
+    assert create("AFTER").status_code == 201
+    assert first.query("SELECT sku FROM products") == [("BEFORE",)]
+    assert second.query("SELECT sku FROM products ORDER BY id") == [("DURING",), ("AFTER",)]
+
+
+def test_the_api_answers_503_while_no_server_leads(first_leads, client):
+    first, second = first_leads.servers
+    body = {"sku": "NOBODY-LEADS", "name": "x", "price_cents": 100, "stock": 5}
+    assert client.get("/api/v1/products", headers=AUTH).status_code == 200
+    first_leads.lead(None)
+    refused = client.post("/api/v1/products", json=body, headers=AUTH)
     assert refused.status_code == 503, refused.json
     assert refused.json["error"]["code"] == "database_unavailable"
     assert int(refused.headers["Retry-After"]) > 0
-    assert create("AFTER").status_code == 201
-    assert first.query("SELECT sku FROM products") == [("BEFORE",)]
-    assert second.query("SELECT sku FROM products") == [("AFTER",)]
+    first_leads.lead(second)
+    assert client.post("/api/v1/products", json=body, headers=AUTH).status_code == 201
+    assert first.query("SELECT count(*) FROM products") == [(0,)]

@@ -6,7 +6,10 @@ replica's, with prefer-standby, to a standby). After a failover the pooled conne
 point at the old leader: those that are gone fail their ping or their statement and are
 closed; one that finds its server taking no writes any more (a former leader back as a
 standby) is closed at its first write, SQLSTATE 25006, with every idle one, so the next
-checkout connects to the new leader. Either way the request in hand fails as unavailable.
+checkout connects to the new leader. A write transaction that failed either way before its
+COMMIT was sent runs once more on a new connection, so a switchover goes unnoticed by
+clients; one that failed during its COMMIT (committed or not, nobody knows) or failed again
+fails as unavailable.
 
 Reads go to the replica unless the client carries the WAL position of its own last write and
 the replica has not replayed that far yet; then, or when the replica is unreachable, they go
@@ -63,6 +66,9 @@ TCP_OPTIONS = {
 class DatabaseUnavailable(Exception):
     """No usable connection to the database could be had in time."""
 
+    # Set by Database.write: why the failed transaction may run again (write_retry_reason).
+    retry_reason: str | None = None
+
 
 class _KeepAlivePool(psycopg2.pool.ThreadedConnectionPool):
     """psycopg2's pool opens `minconn` connections up front and, on return, closes any
@@ -74,6 +80,13 @@ class _KeepAlivePool(psycopg2.pool.ThreadedConnectionPool):
         super().__init__(minconn, maxconn, *args, **kwargs)
         # psycopg2's _putconn keeps a returned connection while fewer than `minconn` are idle.
         self.minconn = maxconn
+
+    def getconn_new(self):
+        """Check out a connection made now, as getconn() would once no idle one is left."""
+        with self._lock:
+            if self.closed:
+                raise psycopg2.pool.PoolError("connection pool is closed")
+            return self._connect(self._getkey())
 
     def close_idle(self) -> None:
         """Close every idle connection; the next getconn() connects afresh."""
@@ -130,7 +143,10 @@ class ConnectionPool:
                 metrics.DB_POOL_SIZE.labels(self.name).set(self._maxconn)
             return self._pool
 
-    def _checkout(self, pool: _KeepAlivePool):
+    def _checkout(self, pool: _KeepAlivePool, *, fresh: bool):
+        if fresh:
+            # Made now through the URL's host list: on the server that leads now, no ping needed.
+            return pool.getconn_new()
         # A connection that fails its ping means the server restarted or stopped answering:
         # the other idle ones are as stale, and trying each in turn would cost a dropping
         # server's timeout per connection. Close them all and try one new connection.
@@ -151,13 +167,15 @@ class ConnectionPool:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+    def connection(self, *, fresh: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """A connection for the block, pinged first; `fresh` makes a new one instead of
+        reusing an idle one (which may point at the same server as the one that failed)."""
         if not self._slots.acquire(timeout=self._timeout):
             raise DatabaseUnavailable(f"{self.name}: pool exhausted for {self._timeout}s")
         try:
             try:
                 pool = self._get_pool()
-                conn = self._checkout(pool)
+                conn = self._checkout(pool, fresh=fresh)
             except CONNECTION_ERRORS as exc:
                 raise DatabaseUnavailable(f"{self.name}: {exc}".strip()) from exc
             metrics.DB_POOL_IN_USE.labels(self.name).inc()
@@ -248,26 +266,80 @@ class Database:
                 return (query(conn),)
             return None
 
-    def write(self, statement: Callable[[psycopg2.extensions.connection], T]) -> tuple[T, str]:
-        """Run a statement in one primary transaction; returns its result and the commit LSN."""
-        with self.primary.connection() as conn:
-            try:
-                result = statement(conn)
-                conn.commit()
-            except Exception:
-                # A connection the server dropped has nothing to roll back.
-                if not conn.closed:
-                    conn.rollback()
+    def write(
+        self, statement: Callable[[psycopg2.extensions.connection], T], *, retry: bool = True
+    ) -> tuple[T, str]:
+        """Run a statement in one primary transaction; returns its result and the commit LSN.
+
+        When the transaction fails before its COMMIT is sent because its server refuses writes
+        or its connection is gone (a switchover or failover), the statement runs once more from
+        the start, on a new connection that libpq makes to the server leading now: the failed
+        transaction left nothing behind, so nothing is applied twice. `statement` must then
+        do nothing outside its transaction; one that does (publishes, counts) passes
+        retry=False.
+        """
+        try:
+            return self._write_once(statement, fresh=False)
+        except DatabaseUnavailable as exc:
+            if not retry or exc.retry_reason is None:
                 raise
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_current_wal_lsn()::text")
-                (lsn,) = cur.fetchone()
-            return result, lsn
+            metrics.DB_WRITE_RETRIES.labels(exc.retry_reason).inc()
+            log.warning(
+                "database write failed before its commit, running it again on a new connection",
+                extra={"pool": self.primary.name, "reason": exc.retry_reason, "error": str(exc)},
+            )
+        return self._write_once(statement, fresh=True)
+
+    def _write_once(
+        self, statement: Callable[[psycopg2.extensions.connection], T], *, fresh: bool
+    ) -> tuple[T, str]:
+        commit_sent = False
+        reason: str | None = None
+        try:
+            with self.primary.connection(fresh=fresh) as conn:
+                try:
+                    result = statement(conn)
+                    commit_sent = True
+                    conn.commit()
+                except Exception as exc:
+                    reason = write_retry_reason(
+                        exc, connection_closed=bool(conn.closed), commit_sent=commit_sent
+                    )
+                    # A connection the server dropped has nothing to roll back.
+                    if not conn.closed:
+                        conn.rollback()
+                    raise
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_current_wal_lsn()::text")
+                    (lsn,) = cur.fetchone()
+                return result, lsn
+        except DatabaseUnavailable as exc:
+            exc.retry_reason = reason
+            raise
 
     def close(self) -> None:
         self.primary.close()
         if self.replica is not None:
             self.replica.close()
+
+
+def write_retry_reason(
+    error: BaseException, *, connection_closed: bool, commit_sent: bool
+) -> str | None:
+    """Why a write transaction that raised `error` may run again from the start on a new
+    connection: "read_only" (its server no longer leads) or "connection_lost" (the server
+    closed the connection, or the network lost it); None when it may not. Only a failure
+    before COMMIT was sent qualifies, the transaction then being rolled back or lost with its
+    session. During the COMMIT the outcome is unknown: the caller must see the error. Any
+    other error (a constraint, a timeout, a deadlock) is the statement's own.
+    """
+    if commit_sent:
+        return None
+    if isinstance(error, psycopg2.errors.ReadOnlySqlTransaction):
+        return "read_only"
+    if isinstance(error, CONNECTION_ERRORS) and connection_closed:
+        return "connection_lost"
+    return None
 
 
 def _has_replayed(conn, lsn: str) -> bool:

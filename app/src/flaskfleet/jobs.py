@@ -137,7 +137,9 @@ def relay(services) -> int:
             _mark_sent(conn, sent)
         return len(sent)
 
-    published, _ = services.db.write(statement)
+    # Never run twice: the tasks published before its transaction failed would be published
+    # again at once. Its rows stay unsent, for the next relay run.
+    published, _ = services.db.write(statement, retry=False)
     if failure is not None:
         raise failure
     return published

@@ -56,6 +56,12 @@ DB_READ_ROUTED = Counter(
     "Reads sent to the primary although a replica is configured, by reason.",
     ["reason"],
 )
+DB_WRITE_RETRIES = Counter(
+    "flaskfleet_db_write_retries_total",
+    "Write transactions run again on a new connection after failing before their commit, by"
+    " reason: read_only (the server no longer leads) or connection_lost.",
+    ["reason"],
+)
 BREAKER_STATE = Gauge(
     "flaskfleet_breaker_state",
     "Circuit breaker state by dependency: 0 closed, 1 half-open (probing), 2 open. Each process"
