@@ -986,21 +986,24 @@ def crash_the_leader_under_orders(stack, name: str) -> dict:
         time.sleep(10)
         crashed = time.monotonic()
         lxc("stop", "--force", instance(old))
-        members = wait_for(
-            database_members,
-            lambda members: any(
-                m["Role"] == "Leader" and m["State"] == "running" for m in members.values()
-            ),
-            "a new leader",
-            seconds=180,
-            interval=1,
-        )
-        new_leader = time.monotonic() - crashed
-        new = leader()
-        assert new != old, members
-        acknowledged_before = len(orders.acknowledged)
-        time.sleep(20)
-        lxc("start", instance(old))
+        try:
+            # The crashed leader stays listed as leader until its lock expires.
+            members = wait_for(
+                database_members,
+                lambda members: any(
+                    tier != old and m["Role"] == "Leader" and m["State"] == "running"
+                    for tier, m in members.items()
+                ),
+                "a new leader",
+                seconds=180,
+                interval=1,
+            )
+            new_leader = time.monotonic() - crashed
+            new = leader()
+            acknowledged_before = len(orders.acknowledged)
+            time.sleep(20)
+        finally:
+            lxc("start", instance(old))
         started = time.monotonic()
         wait_for(database_members, cluster_is_whole, f"{old} streaming from {new}", seconds=240)
         rejoined = time.monotonic() - started
@@ -1011,6 +1014,7 @@ def crash_the_leader_under_orders(stack, name: str) -> dict:
         "acknowledged_after_the_new_leader": len(orders.acknowledged) - acknowledged_before,
         "lost": len(orders.acknowledged) - orders_present(new, orders.acknowledged),
         "leader": {"before": old, "after": new},
+        "members_at_the_new_leader": members,
     }
     (LOG_DIR / f"failover-{name}.json").write_text(json.dumps(figures, indent=1))
     assert orders.failed == [], orders.summary()
