@@ -45,11 +45,11 @@ def seed(stack: Stack) -> tuple[int, int]:
         "100 + g % 900, 1000000000 FROM generate_series(1, {count}) g "
         "ON CONFLICT (sku) DO NOTHING"
     )
-    stack.psql("postgres-primary", insert.format(count=int(SEED_PRODUCTS)))
+    stack.psql(stack.leader(), insert.format(count=int(SEED_PRODUCTS)))
     first, last, count = (
         int(v)
         for v in stack.psql(
-            "postgres-primary",
+            stack.leader(),
             "SELECT min(id), max(id), count(*) FROM products WHERE sku LIKE 'bench-%'",
         ).split("|")
     )

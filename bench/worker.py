@@ -22,9 +22,7 @@ ORDER_FIGURES = (
 
 
 def _reserved(stack: Stack) -> int:
-    return int(
-        stack.psql("postgres-primary", "SELECT count(*) FROM orders WHERE status = 'reserved'")
-    )
+    return int(stack.psql(stack.leader(), "SELECT count(*) FROM orders WHERE status = 'reserved'"))
 
 
 def _settle(stack: Stack, what: str) -> None:
@@ -37,7 +35,7 @@ def _orders(stack: Stack, since: str, until: str | None = None) -> dict:
     """Counts, spans and lag quantiles of the orders created from `since` (to `until`):
     timestamps PostgreSQL itself gave."""
     where = f"created_at >= '{since}'" + (f" AND created_at < '{until}'" if until else "")
-    row = stack.psql("postgres-primary", f"{ORDER_FIGURES} WHERE {where}")
+    row = stack.psql(stack.leader(), f"{ORDER_FIGURES} WHERE {where}")
     count, confirmed, span, confirming, quantiles, longest = row.split("|")
     p50, p99 = (float(q) for q in quantiles.strip("{}").split(","))
     return {
@@ -53,7 +51,7 @@ def _orders(stack: Stack, since: str, until: str | None = None) -> dict:
 
 def now(stack: Stack) -> str:
     """PostgreSQL's clock, which stamps the orders."""
-    return stack.psql("postgres-primary", "SELECT now()")
+    return stack.psql(stack.leader(), "SELECT now()")
 
 
 def worker_figure(
