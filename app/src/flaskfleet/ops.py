@@ -75,10 +75,6 @@ def readyz() -> Response:
     # This process's breakers: whether requests use the dependency right now. The check
     # above probes it regardless, so "ok" with an open breaker means it has come back and
     # the breaker will close at its next probe.
-    if checks["replica"]["status"] == "ok" and not checks["replica"]["in_recovery"]:
-        # The read URL prefers a standby and settles for the leader (libpq's prefer-standby):
-        # landing on the leader means no standby answers, and the leader carries every read.
-        checks["replica"] = {"status": "down", "error": "NoStandby", "in_recovery": False}
     if services.db.replica is not None and services.db.replica_breaker is not None:
         checks["replica"]["breaker"] = services.db.replica_breaker.snapshot()
     if services.redis is not None and services.cache.breaker is not None:
