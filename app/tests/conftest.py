@@ -149,6 +149,29 @@ def postgres_base_dir(prefix: str, run_as: str | None) -> Path:
     return base
 
 
+@contextlib.contextmanager
+def postgres_servers(prefix: str) -> Iterator[tuple[Path, str | None, list[PostgresServer]]]:
+    """A base directory for test servers (base, run_as, started): the caller appends each server
+    it starts to `started`; on the way out they are stopped, newest first, and the base removed."""
+    run_as = "postgres" if os.geteuid() == 0 else None
+    base = postgres_base_dir(prefix, run_as)
+    started: list[PostgresServer] = []
+    try:
+        yield base, run_as, started
+    finally:
+        for server in reversed(started):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                server.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def prepare_app_database(server: PostgresServer) -> None:
+    """The app's two roles and its database, as the postgresql role makes them."""
+    for role in (OWNER_ROLE, RUNTIME_ROLE):
+        server.query(f"CREATE ROLE {role} LOGIN", dbname="postgres")
+    create_app_database(server, "flaskfleet")
+
+
 def new_postgres_server(
     bin_dir: Path, base: Path, name: str, run_as: str | None, **settings: str
 ) -> PostgresServer:
@@ -318,20 +341,15 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     bin_dir = pg_bin()
-    run_as = "postgres" if os.geteuid() == 0 else None
-    base = postgres_base_dir("flaskfleet-pg-", run_as)
-    replica = PostgresServer(bin_dir, base / "replica", free_port(), run_as)
-    started: list[PostgresServer] = []
-    try:
+    with postgres_servers("flaskfleet-pg-") as (base, run_as, started):
+        replica = PostgresServer(bin_dir, base / "replica", free_port(), run_as)
         primary = new_postgres_server(
             bin_dir, base, "primary", run_as,
             wal_level="replica", max_wal_senders="5", hot_standby="on", max_connections="100",
         )  # fmt: skip
         primary.start()
         started.append(primary)
-        for role in (OWNER_ROLE, RUNTIME_ROLE):
-            primary.query(f"CREATE ROLE {role} LOGIN", dbname="postgres")
-        create_app_database(primary, "flaskfleet")
+        prepare_app_database(primary)
         primary.run(
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
             "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast",
@@ -350,11 +368,6 @@ def cluster() -> Iterator[Cluster]:
         migrations.upgrade(primary.url(user=OWNER_ROLE))
         result.wait_replica_caught_up()
         yield result
-    finally:
-        for server in reversed(started):
-            with contextlib.suppress(subprocess.CalledProcessError):
-                server.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -9,11 +9,7 @@ former leader back as a standby, leaves the sessions it has open but refuses the
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from types import SimpleNamespace
@@ -26,10 +22,10 @@ from conftest import (
     OWNER_ROLE,
     RUNTIME_ROLE,
     PostgresServer,
-    create_app_database,
     new_postgres_server,
     pg_bin,
-    postgres_base_dir,
+    postgres_servers,
+    prepare_app_database,
     wait_for,
 )
 from flaskfleet import jobs, metrics, migrations
@@ -65,24 +61,14 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
-    run_as = "postgres" if os.geteuid() == 0 else None
-    base = postgres_base_dir("flaskfleet-failover-", run_as)
-    started: list[PostgresServer] = []
-    try:
+    with postgres_servers("flaskfleet-failover-") as (base, run_as, started):
         for name in ("first", "second"):
             server = new_postgres_server(pg_bin(), base, name, run_as)
             server.start()
             started.append(server)
-            for role in (OWNER_ROLE, RUNTIME_ROLE):
-                server.query(f"CREATE ROLE {role} LOGIN", dbname="postgres")
-            create_app_database(server, "flaskfleet")
+            prepare_app_database(server)
             migrations.upgrade(server.url(user=OWNER_ROLE))
         yield Servers(*started)
-    finally:
-        for server in reversed(started):
-            with contextlib.suppress(subprocess.CalledProcessError):
-                server.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
