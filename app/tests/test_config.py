@@ -111,23 +111,21 @@ def test_multi_host_urls_name_every_database_host():
             "FLASKFLEET_DATABASE_URL": f"postgresql://flaskfleet:pw@{hosts}/flaskfleet"
             f"?target_session_attrs=read-write&{tls}",
             "FLASKFLEET_DATABASE_REPLICA_URL": f"postgresql://flaskfleet:pw@{hosts}/flaskfleet"
-            f"?target_session_attrs=prefer-standby&{tls}",
+            f"?target_session_attrs=standby&{tls}",
         }
     )
     primary = psycopg2.extensions.parse_dsn(settings.database_url.get_secret_value())
     replica = psycopg2.extensions.parse_dsn(settings.database_replica_url.get_secret_value())
     assert (primary["host"], primary["port"]) == ("10.0.0.30,10.0.0.31,fd00::32", "5432,5432,5432")
     assert primary["target_session_attrs"] == "read-write"
-    assert replica["target_session_attrs"] == "prefer-standby"
+    assert replica["target_session_attrs"] == "standby"
     assert replica["sslmode"] == "verify-full"
 
 
 @pytest.mark.parametrize("variable", ["FLASKFLEET_DATABASE_URL", "FLASKFLEET_DATABASE_REPLICA_URL"])
 def test_a_target_session_attrs_libpq_would_refuse_stops_start_up(variable):
     url = "postgresql://app@10.0.0.30:5432,10.0.0.31:5432/flaskfleet?target_session_attrs=leader"
-    with pytest.raises(
-        ConfigError, match=rf"{variable}: .*'leader' is not one of .*prefer-standby"
-    ):
+    with pytest.raises(ConfigError, match=rf"{variable}: .*'leader' is not one of .*standby"):
         Settings.from_env({**BASE, variable: url})
 
 

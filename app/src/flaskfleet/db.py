@@ -2,7 +2,7 @@
 
 The primary is whichever server leads: its URL may list every database host with
 target_session_attrs=read-write, so libpq connects to the one that accepts writes (and the
-replica's, with prefer-standby, to a standby). After a failover the pooled connections still
+replica's, with standby, to a server in recovery). After a failover the pooled connections still
 point at the old leader: those that are gone fail their ping or their statement and are
 closed; one that finds its server taking no writes any more (a former leader back as a
 standby) is closed at its first write, SQLSTATE 25006, with every idle one, so the next
