@@ -338,11 +338,32 @@ class RedisServer:
             self.process = None
 
 
+def start_streaming_replica(
+    primary: PostgresServer, base: Path, run_as: str | None, started: list[PostgresServer]
+) -> PostgresServer:
+    """A standby cloned from `primary` (pg_basebackup), started and streaming from it."""
+    replica = PostgresServer(primary.bin_dir, base / "replica", free_port(), run_as)
+    primary.run(
+        "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+        "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast",
+    )  # fmt: skip
+    with open(replica.data_dir / "postgresql.conf", "a") as conf:
+        conf.write(f"port = {replica.port}\n")
+    replica.start()
+    started.append(replica)
+    wait_for(
+        lambda: primary.query("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[
+            0
+        ][0],
+        what="streaming replication",
+    )
+    return replica
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     bin_dir = pg_bin()
     with postgres_servers("flaskfleet-pg-") as (base, run_as, started):
-        replica = PostgresServer(bin_dir, base / "replica", free_port(), run_as)
         primary = new_postgres_server(
             bin_dir, base, "primary", run_as,
             wal_level="replica", max_wal_senders="5", hot_standby="on", max_connections="100",
@@ -350,21 +371,8 @@ def cluster() -> Iterator[Cluster]:
         primary.start()
         started.append(primary)
         prepare_app_database(primary)
-        primary.run(
-            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
-            "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast",
-        )  # fmt: skip
-        with open(replica.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(f"port = {replica.port}\n")
-        replica.start()
-        started.append(replica)
+        replica = start_streaming_replica(primary, base, run_as, started)
         result = Cluster(primary, replica)
-        wait_for(
-            lambda: primary.query(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-            )[0][0],
-            what="streaming replication",
-        )
         migrations.upgrade(primary.url(user=OWNER_ROLE))
         result.wait_replica_caught_up()
         yield result

@@ -26,6 +26,7 @@ from conftest import (
     pg_bin,
     postgres_servers,
     prepare_app_database,
+    start_streaming_replica,
     wait_for,
 )
 from flaskfleet import jobs, metrics, migrations
@@ -385,3 +386,32 @@ def test_the_api_answers_503_while_no_server_leads(first_leads, client):
     first_leads.lead(second)
     assert client.post("/api/v1/products", json=body, headers=AUTH).status_code == 201
     assert first.query("SELECT count(*) FROM products") == [(0,)]
+
+
+def test_a_read_pool_drops_its_standby_once_it_is_promoted():
+    """The replica's URL asks for a standby (target_session_attrs=standby), as the app role
+    writes it. Reads get a connection to the standby; once that server is promoted (a
+    switchover or failover) its open connections would go on reading from a leader, so the
+    next checkout drops them and asks libpq for a standby again: with none left, the read pool
+    is unavailable (the app's replica breaker then reads from the primary pool)."""
+    with postgres_servers("flaskfleet-standby-") as (base, run_as, started):
+        primary = new_postgres_server(
+            pg_bin(), base, "primary", run_as, wal_level="replica", hot_standby="on"
+        )
+        primary.start()
+        started.append(primary)
+        prepare_app_database(primary)
+        standby = start_streaming_replica(primary, base, run_as, started)
+        hosts = f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
+        pool = ConnectionPool(
+            "replica", f"postgresql://postgres@{hosts}/flaskfleet?target_session_attrs=standby",
+            minconn=1, maxconn=2, timeout=5, connect_timeout=3, statement_timeout=10,
+        )  # fmt: skip
+        try:
+            with pool.connection() as conn:
+                assert server_port(conn) == standby.port
+            standby.run("pg_ctl", "-D", str(standby.data_dir), "-w", "promote")
+            with pytest.raises(DatabaseUnavailable, match=r"^replica: "), pool.connection():
+                pass
+        finally:
+            pool.close()

@@ -6,7 +6,10 @@ replica's, with standby, to a server in recovery). After a failover the pooled c
 point at the old leader: those that are gone fail their ping or their statement and are
 closed; one that finds its server taking no writes any more (a former leader back as a
 standby) is closed at its first write, SQLSTATE 25006, with every idle one, so the next
-checkout connects to the new leader. A write transaction that failed either way before its
+checkout connects to the new leader. The replica pool's connections, made to a standby, are
+asked at each checkout whether their server is still in recovery: one promoted under them is
+dropped with its idle siblings, and libpq finds a standby again (or none: reads then go to the
+primary pool). A write transaction that failed either way before its
 COMMIT was sent runs once more on a new connection, so a switchover goes unnoticed by
 clients; one that failed during its COMMIT (committed or not, nobody knows) or failed again
 fails as unavailable.
@@ -126,6 +129,13 @@ class ConnectionPool:
         self._slots = threading.BoundedSemaphore(maxconn)
         self._pool: _KeepAlivePool | None = None
         self._pid: int | None = None
+        # A URL that asks libpq for a standby (the replica's) gets a connection to a server in
+        # recovery, but a switchover or failover promotes that server under its open
+        # connections: each checkout's ping asks whether it is still in recovery.
+        self._standby_only = (
+            psycopg2.extensions.parse_dsn(dsn).get("target_session_attrs") == "standby"
+        )
+        self._ping = "SELECT pg_is_in_recovery()" if self._standby_only else "SELECT true"
 
     def _get_pool(self) -> _KeepAlivePool:
         with self._lock:
@@ -147,17 +157,21 @@ class ConnectionPool:
         if fresh:
             # Made now through the URL's host list: on the server that leads now, no ping needed.
             return pool.getconn_new()
-        # A connection that fails its ping means the server restarted or stopped answering:
-        # the other idle ones are as stale, and trying each in turn would cost a dropping
-        # server's timeout per connection. Close them all and try one new connection.
+        # A connection that fails its ping means the server restarted or stopped answering
+        # (or, for a standby-only pool, was promoted): the other idle ones are as stale, and
+        # trying each in turn would cost a dropping server's timeout per connection. Close
+        # them all and try one new connection, which libpq makes to a server that fits.
         for attempt in range(2):
             conn = pool.getconn()
             try:
                 # One round trip: in autocommit the ping sends no BEGIN and needs no ROLLBACK.
                 conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
+                    cur.execute(self._ping)
+                    (fits,) = cur.fetchone()
                 conn.autocommit = False
+                if not fits:
+                    raise psycopg2.OperationalError("the server left recovery: no standby now")
                 return conn
             except CONNECTION_ERRORS:
                 pool.putconn(conn, close=True)
