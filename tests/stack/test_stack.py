@@ -211,19 +211,26 @@ def test_a_write_is_read_back_at_once_and_reaches_the_replica(stack):
 
 
 def test_a_second_get_is_a_cache_hit(stack):
-    _, product = new_product(stack)
-    url = f"{stack.url}/api/v1/products/{product['id']}"
-
-    def read():
+    def read(url: str) -> tuple[str | None, str | None]:
         # Anonymous readers (no read-your-writes cookie) share both caches.
         headers = requests.get(url, timeout=5).headers
         return headers.get("X-Micro-Cache"), headers.get("X-Cache")
 
-    first, second = read(), read()
+    # nginx keeps the first answer at least 1 s: only two reads within 1 s can be judged on a
+    # hit. On a busy machine a pair may take longer; it is tried again on a new product.
+    for _ in range(3):
+        _, product = new_product(stack)
+        url = f"{stack.url}/api/v1/products/{product['id']}"
+        started = time.monotonic()
+        first, second = read(url), read(url)
+        if time.monotonic() - started < 1:
+            break
+    else:
+        pytest.fail("three pairs of reads each took 1 s or more: the micro-cache not judged")
     assert first == ("MISS", "MISS"), first
     assert second[0] == "HIT", second  # nginx's micro-cache
     time.sleep(MICRO_CACHE_EXPIRY)
-    third = read()
+    third = read(url)
     assert third == ("EXPIRED", "HIT"), third  # past nginx's TTL: the app's Redis cache
 
 
@@ -238,7 +245,14 @@ def test_a_writer_sees_its_update_at_once_past_the_micro_cache(stack):
         "an anonymous read of the new product",
         seconds=30,
     )
-    assert requests.get(url, timeout=5).headers["X-Micro-Cache"] == "HIT"
+    # Cached by nginx now (a busy machine may have let the entry above expire: read again).
+    wait_for(
+        lambda: requests.get(url, timeout=5).headers["X-Micro-Cache"],
+        lambda status: status == "HIT",
+        "an anonymous read served from the micro-cache",
+        seconds=10,
+        interval=0.1,
+    )
     body = {k: product[k] for k in ("sku", "description", "price_cents", "stock")}
     updated = session.put(url, json={**body, "name": "Renamed widget"}, timeout=10)
     assert updated.status_code == 200, updated.text
