@@ -95,11 +95,13 @@ def changed_results(output: str) -> list[tuple[str, str]]:
 
 
 # The changes site.yml makes for drift in an app node's environment file: the file, Gunicorn's
-# restart, and the load balancer's upstream list written twice around it (drained, back).
+# restart, and the load balancer's upstream list written and reloaded twice around it (drained,
+# back).
 APP_DRIFT_TASKS = {
     "app : Write the service's environment file": "env",
     "app : Restart flaskfleet": "restart",
     "nginx : Write the upstream servers, drained ones marked down": "write",
+    "nginx : Reload nginx now so the new upstream list is in effect": "reload",
 }
 
 
@@ -133,7 +135,11 @@ def test_a_second_plain_site_run_rolls_the_drifted_app_tier_and_changes_nothing_
     unexpected = [change for change in changes if change[0] not in APP_DRIFT_TASKS]
     assert recap and unexpected == [], (recap, unexpected)
     events = [(APP_DRIFT_TASKS[task], host) for task, host in changes]
-    expected = [(kind, node) for node in nodes for kind in ("env", "write", "restart", "write")]
+    expected = [
+        (kind, node)
+        for node in nodes
+        for kind in ("env", "write", "reload", "restart", "write", "reload")
+    ]
     assert events == expected, (events, result.stdout[-3000:])
     assert {host for host, count in recap.items() if count} == set(nodes), recap
     for node in nodes:
