@@ -37,16 +37,13 @@ STANZA = "flaskfleet"
 REPO_PATH = "/var/lib/pgbackrest"
 TLS_PORT = 8432
 APP_DATABASE = "flaskfleet"
-POSTGRESQL_LOG = "/var/log/postgresql/postgresql-15-main.log"
 
 
 def diagnostics() -> str:
-    """The TLS servers' journals and the primary's log (archive-push reports there)."""
-    log = DB.run(f"tail -n 40 {POSTGRESQL_LOG}").stdout
-    return (
-        journal(REPO, "pgbackrest", "pgbackrest-backup@*", "pgbackrest-metrics")
-        + journal(DB, "pgbackrest")
-        + f"\n--- {POSTGRESQL_LOG}:\n{log}"
+    """The TLS servers' journals and Patroni's, which holds the server's log (archive-push
+    reports there)."""
+    return journal(REPO, "pgbackrest", "pgbackrest-backup@*", "pgbackrest-metrics") + journal(
+        DB, "pgbackrest", "patroni"
     )
 
 
