@@ -1,41 +1,24 @@
 #!/usr/bin/env bash
-# Runs test suites, keeps going past a failure, prints a table and closes with
-# one summary line. A suite is a make target test-NAME, except molecule:NAME,
-# which is `molecule test -s NAME`. Each suite's output goes to
-# .test-logs/<suite>.log; a failed suite's tail is printed.
-#
-# The stack suite, when asked for, runs in a lane of its own, started first, at
-# normal priority: its tests are partly timing-sensitive (failovers under load,
-# breakers, alerts), yet mostly wait on the stack, leaving the CPU idle. The
-# other suites run beside it, FF_TEST_JOBS at a time (default 2), under nice,
-# in the order given; the Molecule scenarios, CPU-bound, wait until its stack
-# is up (bring-up saturates the CPU and is no place for their own timeouts),
-# the short suites run beside the bring-up. LXD gives each stack VM a CPU
-# share of its own and Docker's containers one between them, so a busy VM
-# keeps its share while Molecule runs.
+# Runs test suites, FF_TEST_JOBS at a time (default 2: most suites wait on
+# apt and containers, not on the CPU), keeps going past a failure, prints a
+# table and closes with one summary line. A suite is a make target test-NAME,
+# except molecule:NAME, which is `molecule test -s NAME`. Each suite's output
+# goes to .test-logs/<suite>.log; a failed suite's tail is printed.
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
 
 jobs=${FF_TEST_JOBS:-2}
-case "$jobs" in '' | *[!0-9]* | 0) die "FF_TEST_JOBS must be a positive whole number (got '$jobs')" ;; esac
 logs="$FF_ROOT/.test-logs"
 rm -rf "$logs"
 mkdir -p "$logs"
 export PATH="$FF_ROOT/.venv/bin:$FF_ROOT/.tools:$PATH"
 
 run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
-  local suite=$1 file=${1//:/-} begin cmd status
+  local suite=$1 file=${1//:/-} begin=$SECONDS cmd status
   case "$suite" in
-    molecule:*)
-      cmd=(molecule test -s "${suite#molecule:}")
-      # Set only when the stack suite runs too (see above).
-      if [ -n "${FF_STACK_UP_FILE:-}" ]; then
-        while [ ! -e "$FF_STACK_UP_FILE" ]; do sleep 5; done
-      fi
-      ;;
+    molecule:*) cmd=(molecule test -s "${suite#molecule:}") ;;
     *) cmd=(make --no-print-directory "test-$suite") ;;
   esac
-  begin=$SECONDS
   log "start  $suite"
   if "${cmd[@]}" >"$logs/$file.log" 2>&1 </dev/null; then status=PASS; else status=FAIL; fi
   printf '%s %s %s\n' "$status" $((SECONDS - begin)) "$suite" >"$logs/$file.result"
@@ -44,25 +27,16 @@ run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
 export -f run_suite log
 export logs
 
-others=()
-stack_lane=
-for suite in "$@"; do
-  if [ "$suite" = stack ]; then stack_lane=1; else others+=("$suite"); fi
-done
-if [ -n "$stack_lane" ]; then
-  # tests/stack/conftest.py creates it once the stack is up; the lane creates it
-  # when the suite ends, so that nothing waits on a bring-up that failed.
-  export FF_STACK_UP_FILE="$logs/stack.up"
-  (run_suite stack; touch "$FF_STACK_UP_FILE") &
-  stack_pid=$!
-fi
-printf '%s\n' "${others[@]}" | nice -n 10 xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
-[ -z "$stack_lane" ] || wait "$stack_pid"
+# In the order given (the Makefile's TEST_SUITES says why that order): each
+# suite starts when a slot frees up. Suites never share a name: the stack
+# suite's LXD stack (ff-test), the Terraform suite's (pt-*) and the Molecule
+# scenarios' Docker containers live side by side.
+printf '%s\n' "$@" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
 
 passed=0
 failed=0
 echo
-echo "---- test suites (logs in .test-logs/) ----"
+echo "---- test suites ($jobs at a time; logs in .test-logs/) ----"
 for suite in "$@"; do
   file=${suite//:/-}
   read -r status seconds _ <"$logs/$file.result" || { status=FAIL; seconds=0; }
