@@ -994,20 +994,17 @@ def cluster_is_whole(members: dict[str, dict]) -> bool:
             for m in members.values()
             if m["Role"] != "Leader"
         )
-        and takes_writes(leaders[0])
+        and in_recovery(leaders[0]) == "f"
     )
 
 
 def in_recovery(tier: str) -> str | None:
     """That tier's server's pg_is_in_recovery() ("t" or "f"), or None while it does not answer
     (stopped or restarting)."""
-    answer = lxc("exec", instance(tier), "--", "runuser", "-u", "postgres", "--", "psql",
-                 "-d", "flaskfleet", "-Atc", "SELECT pg_is_in_recovery()", check=False)  # fmt: skip
-    return answer.stdout.strip() if answer.returncode == 0 else None
-
-
-def takes_writes(tier: str) -> bool:
-    return in_recovery(tier) == "f"
+    try:
+        return psql(tier, "SELECT pg_is_in_recovery()")
+    except stacklib.StackError:
+        return None
 
 
 def orders_present(tier: str, order_ids: list) -> int:

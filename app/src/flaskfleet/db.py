@@ -132,10 +132,8 @@ class ConnectionPool:
         # A URL that asks libpq for a standby (the replica's) gets a connection to a server in
         # recovery, but a switchover or failover promotes that server under its open
         # connections: each checkout's ping asks whether it is still in recovery.
-        self._standby_only = (
-            psycopg2.extensions.parse_dsn(dsn).get("target_session_attrs") == "standby"
-        )
-        self._ping = "SELECT pg_is_in_recovery()" if self._standby_only else "SELECT true"
+        standby_only = psycopg2.extensions.parse_dsn(dsn).get("target_session_attrs") == "standby"
+        self._ping = "SELECT pg_is_in_recovery()" if standby_only else "SELECT true"
 
     def _get_pool(self) -> _KeepAlivePool:
         with self._lock:
