@@ -92,6 +92,9 @@ def stack() -> Iterator[Stack]:
     # Read now, so that a stack without its inventory or tokens fails the session's setup
     # once rather than every test.
     assert driver.ops_url and driver.tokens
+    # scripts/run-tests.sh starts the Molecule scenarios once the stack is up.
+    if up_file := os.environ.get("FF_STACK_UP_FILE"):
+        Path(up_file).touch()
     yield driver
     if os.environ.get("FF_KEEP_STACK") != "1":
         # A stack the session cannot remove is an error of the session, not left silently.
