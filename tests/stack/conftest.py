@@ -105,13 +105,17 @@ def stack() -> Iterator[Stack]:
 class Load:
     """A bounded load of GETs from a few threads: at most `limit` requests and
     `seconds` of wall time, whichever comes first. `url` is one URL, or a function
-    returning the next one (reads that must miss every cache)."""
+    returning the next one (reads that must miss every cache). With `rate`, the
+    threads send that many requests a second between them, each at its time,
+    instead of each sending its next as soon as the last is answered: a long
+    test's reads keep coming without taking the CPU the stack needs."""
 
     url: str | Callable[[], str]
     threads: int = 8
     limit: int = 4000
     seconds: float = 120
     timeout: float = 10
+    rate: float | None = None
     statuses: Counter = field(default_factory=Counter)
     errors: list = field(default_factory=list)
     versions: Counter = field(default_factory=Counter)
@@ -119,6 +123,7 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sent: int = 0
+    _started: float = 0.0
 
     def _worker(self) -> None:
         session = requests.Session()
@@ -127,7 +132,10 @@ class Load:
             with self._lock:
                 if self._sent >= self.limit:
                     return
+                due = self._started + self._sent / self.rate if self.rate else 0
                 self._sent += 1
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
             url = self.url() if callable(self.url) else self.url
             try:
                 try:
@@ -154,6 +162,7 @@ class Load:
                     self.errors.append(repr(exc))
 
     def __enter__(self) -> Load:
+        self._started = time.monotonic()
         self._pool = [threading.Thread(target=self._worker) for _ in range(self.threads)]
         for thread in self._pool:
             thread.start()

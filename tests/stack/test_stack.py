@@ -122,9 +122,11 @@ def test_a_second_plain_site_run_rolls_the_drifted_app_tier_and_changes_nothing_
     for node in nodes:
         lxc("exec", node, "--", "sh", "-c", f"echo '# drift' >>{env_file}")
         masters[node] = lxc("exec", node, "--", *master).stdout.strip()
-    # One reader: enough to keep both nodes busy through their drains, while the whole
-    # site run (every play, not only the app tier's) runs under it.
-    load = Load(uncached_read_url(stack.url), threads=1, seconds=1800, limit=60000, timeout=30)
+    # Reads at a steady 10 a second (two threads, so that one slow answer does not hold up
+    # the next), through every play of the site run, not only the app tier's: reads keep
+    # coming while each node is drained, restarted and put back, and the CPU stays with the run.
+    load = Load(uncached_read_url(stack.url), threads=2, rate=10, seconds=1800, limit=20000,
+                timeout=30)  # fmt: skip
     orders = OrderLoad(stack.url, stack.session("shop"), product["id"], rate=2, seconds=1800)
     with load, orders:
         time.sleep(2)
