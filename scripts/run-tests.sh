@@ -59,6 +59,9 @@ lower_docker_cpu_weight() {
   echo 256 >"$shares"
   # shellcheck disable=SC2064 # the value and path are meant to be fixed now
   trap "echo $saved >$shares" EXIT
+  # A run stopped from outside (a CI time limit) exits through the EXIT trap too.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   log "Docker's CPU weight $saved -> 256 for this run"
 }
 
