@@ -6,14 +6,15 @@
 #
 # The stack suite, when asked for, runs in a lane of its own, started first, at
 # normal priority: its tests are partly timing-sensitive (failovers under load,
-# breakers, alerts, micro-cache TTLs), yet mostly wait on the stack and leave
-# the CPU about 90 % idle. The other suites run beside it, FF_TEST_JOBS at a
-# time (default 2), in the order given, at the lowest priority: under nice 19
-# on the host, and with Docker's containers (the Molecule scenarios') holding a
-# quarter of the CPU weight one stack VM holds, for as long as this run lasts.
-# So the stack takes the CPU whenever it wants it and the other suites fill
-# what it leaves. The Molecule scenarios wait until its stack is up (the
-# bring-up takes both cores, too long for their own timeouts); the short
+# breakers, alerts, micro-cache TTLs). The other suites run beside it,
+# FF_TEST_JOBS at a time (default 2), in the order given, at the lowest
+# priority: under nice 19 on the host, and with Docker's containers (the
+# Molecule scenarios') holding a quarter of the CPU weight one stack VM holds,
+# for as long as this run lasts. The machine is CPU-bound either way; so the
+# stack takes the CPU whenever it wants it and the other suites fill what it
+# leaves. The Molecule scenarios wait until its stack is up (the
+# bring-up takes both cores, too long for their own timeouts), and those named
+# in FF_AFTER_STACK until it has ended, in a slot of their own; the short
 # suites run beside the bring-up.
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
@@ -33,6 +34,9 @@ run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
       # Set only when the stack suite runs too (see above).
       if [ -n "${FF_STACK_UP_FILE:-}" ]; then
         while [ ! -e "$FF_STACK_UP_FILE" ]; do sleep 5; done
+      fi
+      if [ -n "${FF_STACK_DONE_FILE:-}" ] && [[ " ${FF_AFTER_STACK:-} " == *" $suite "* ]]; then
+        while [ ! -e "$FF_STACK_DONE_FILE" ]; do sleep 5; done
       fi
       ;;
     *) cmd=(make --no-print-directory "test-$suite") ;;
@@ -79,9 +83,13 @@ if [ -n "$stack_lane" ]; then
   # tests/stack/conftest.py creates it once the stack is up; the lane creates it
   # when the suite ends, so that nothing waits on a bring-up that failed.
   export FF_STACK_UP_FILE="$logs/stack.up"
-  (run_suite stack; touch "$FF_STACK_UP_FILE") &
+  # The suites in FF_AFTER_STACK (the Makefile says which and why)
+  # wait for the stack suite to end, holding a slot of their own meanwhile.
+  export FF_STACK_DONE_FILE="$logs/stack.done"
+  (run_suite stack; touch "$FF_STACK_UP_FILE" "$FF_STACK_DONE_FILE") &
   stack_pid=$!
-  printf '%s\n' "${others[@]}" | nice -n 19 xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
+  slots=$((jobs + 1))
+  printf '%s\n' "${others[@]}" | nice -n 19 xargs -r -P "$slots" -I{} bash -c 'run_suite "$1"' _ {}
   wait "$stack_pid"
 else
   printf '%s\n' "${others[@]}" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
