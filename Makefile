@@ -15,16 +15,10 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 # beside it at the lowest priority, two at a time, in this order: the short
 # suites while it brings its stack up, then the Molecule scenarios (5-45
 # minutes each beside it, CPU-bound) once the stack is up, taking the CPU its
-# tests leave, longest first so that the slots end together (postgresql, the
-# longest, holds a third slot until the stack suite ends: FF_AFTER_STACK).
-MOLECULE_ORDER := postgresql etcd pgbackrest redis nginx app monitoring worker journal common
+# tests leave, longest first so that the two slots end together.
+MOLECULE_ORDER := etcd postgresql pgbackrest redis nginx app monitoring worker journal common
 TEST_SUITES := stack terraform app lint playbooks rules foundation \
 	$(addprefix molecule:,$(MOLECULE_ORDER) $(filter-out $(MOLECULE_ORDER),$(MOLECULE_SCENARIOS)))
-# Suites that wait for the stack suite to end: the postgresql scenario's
-# three-member Patroni cluster must renew its leader lock within the TTL, and
-# starved beside the stack's busiest tests it lost it once (its leader restarted
-# under a certificate rotation that must not restart it).
-export FF_AFTER_STACK := molecule:postgresql
 
 .PHONY: help setup lock docs lint test test-lint test-foundation test-terraform test-app test-rules test-playbooks test-roles test-stack test-scale \
 	up down scale restore restore-done release deploy switchover bench loadtest \

@@ -13,8 +13,7 @@
 # for as long as this run lasts. The machine is CPU-bound either way; so the
 # stack takes the CPU whenever it wants it and the other suites fill what it
 # leaves. The Molecule scenarios wait until its stack is up (the
-# bring-up takes both cores, too long for their own timeouts), and those named
-# in FF_AFTER_STACK until it has ended, in a slot of their own; the short
+# bring-up takes both cores, too long for their own timeouts); the short
 # suites run beside the bring-up.
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
@@ -34,9 +33,6 @@ run_suite() {  # run_suite SUITE: writes $logs/<suite>.{log,result}
       # Set only when the stack suite runs too (see above).
       if [ -n "${FF_STACK_UP_FILE:-}" ]; then
         while [ ! -e "$FF_STACK_UP_FILE" ]; do sleep 5; done
-      fi
-      if [ -n "${FF_STACK_DONE_FILE:-}" ] && [[ " ${FF_AFTER_STACK:-} " == *" $suite "* ]]; then
-        while [ ! -e "$FF_STACK_DONE_FILE" ]; do sleep 5; done
       fi
       ;;
     *) cmd=(make --no-print-directory "test-$suite") ;;
@@ -83,13 +79,9 @@ if [ -n "$stack_lane" ]; then
   # tests/stack/conftest.py creates it once the stack is up; the lane creates it
   # when the suite ends, so that nothing waits on a bring-up that failed.
   export FF_STACK_UP_FILE="$logs/stack.up"
-  # The suites in FF_AFTER_STACK (the Makefile says which and why)
-  # wait for the stack suite to end, holding a slot of their own meanwhile.
-  export FF_STACK_DONE_FILE="$logs/stack.done"
-  (run_suite stack; touch "$FF_STACK_UP_FILE" "$FF_STACK_DONE_FILE") &
+  (run_suite stack; touch "$FF_STACK_UP_FILE") &
   stack_pid=$!
-  slots=$((jobs + 1))
-  printf '%s\n' "${others[@]}" | nice -n 19 xargs -r -P "$slots" -I{} bash -c 'run_suite "$1"' _ {}
+  printf '%s\n' "${others[@]}" | nice -n 19 xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
   wait "$stack_pid"
 else
   printf '%s\n' "${others[@]}" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
