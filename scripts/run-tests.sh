@@ -74,6 +74,7 @@ stack_lane=
 for suite in "$@"; do
   if [ "$suite" = stack ]; then stack_lane=1; else others+=("$suite"); fi
 done
+priority=()
 if [ -n "$stack_lane" ]; then
   lower_docker_cpu_weight
   # tests/stack/conftest.py creates it once the stack is up; the lane creates it
@@ -81,11 +82,10 @@ if [ -n "$stack_lane" ]; then
   export FF_STACK_UP_FILE="$logs/stack.up"
   (run_suite stack; touch "$FF_STACK_UP_FILE") &
   stack_pid=$!
-  printf '%s\n' "${others[@]}" | nice -n 19 xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
-  wait "$stack_pid"
-else
-  printf '%s\n' "${others[@]}" | xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
+  priority=(nice -n 19)
 fi
+printf '%s\n' "${others[@]}" | "${priority[@]}" xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
+[ -z "$stack_lane" ] || wait "$stack_pid"
 
 passed=0
 failed=0
