@@ -331,7 +331,10 @@ def test_rotation_reloads_the_new_certificate_without_restart(leader, replica):
     assert serial_after == leader.check_output(
         f"openssl x509 -in {CERTIFICATE_FILE} -noout -serial"
     )
-    assert pids == {"leader": postmaster_pid(leader), "replica": postmaster_pid(replica)}
+    # The journals say what restarted a postmaster (Patroni's own log lines come first).
+    assert pids == {"leader": postmaster_pid(leader), "replica": postmaster_pid(replica)}, (
+        output[-3000:] + diagnostics(leader) + diagnostics(replica)
+    )
     token = uuid.uuid4().hex  # interpolated into SQL below: a uuid, never outside input
     write = psql(leader, f"INSERT INTO molecule_probe VALUES ('{token}')")  # noqa: S608
     assert write.rc == 0, write.stderr
