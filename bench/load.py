@@ -1,15 +1,18 @@
-"""The loads: wrk runs of bench/wrk/bench.lua, each bounded by its duration (-d) and a
-subprocess timeout, and the scenarios they measure at a fixed concurrency and over a sweep."""
+"""The closed-loop loads: wrk runs of bench/wrk/bench.lua, each bounded by its duration (-d)
+and a subprocess timeout; the scenarios, and the conditions each load of one runs in (any
+generator's: openloop.py's too); the app's cache counters."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from stacklib import Stack, StackError, log, run
+from stacklib import Stack, StackError, run
 
 LUA = Path(__file__).resolve().parent / "wrk" / "bench.lua"
 
@@ -18,6 +21,11 @@ def wrk(url: str, connections: int, seconds: int, *args: str, token: str = "") -
     """A wrk run of bench.lua; an API client's token reaches the script in its environment
     (FF_BENCH_TOKEN), never on wrk's command line."""
     threads = min(2, connections)
+    if args[:1] == ("order",):
+        # bench.lua numbers its Idempotency-Keys from 1 in every run: without a suffix of its
+        # own, a run would replay the warm-up's keys (stored replies, no new orders) and a run
+        # with other threads would reuse keys with other bodies (422s).
+        args = (*args[:3], f"{args[3]}-{uuid.uuid4().hex[:12]}")
     result = run(
         "wrk",
         *("-t", threads, "-c", connections, "-d", f"{seconds}s", "--timeout", "5s"),
@@ -60,14 +68,25 @@ class Scenario:
         self.sweep = kind != "ceiling" if sweep is None else sweep
 
     def measure(self, connections: int, seconds: int, warmup: int) -> dict:
+        """A closed-loop figure: wrk at `connections`."""
+        return self.under(
+            lambda duration: wrk(self.url, connections, duration, *self.args, token=self.token),
+            seconds,
+            warmup,
+        )
+
+    def under(self, load: Callable[[int], dict], seconds: int, warmup: int) -> dict:
+        """load(seconds)'s figure in this scenario's conditions, whatever the load generator:
+        `around` held throughout, `before` ahead of the warm-up load(warmup) (if any) and again
+        ahead of the figure."""
         with self.around() if self.around else nullcontext():
             if self.before:
                 self.before()
             if warmup:
-                wrk(self.url, connections, warmup, *self.args, token=self.token)
+                load(warmup)
                 if self.before:
                     self.before()
-            return wrk(self.url, connections, seconds, *self.args, token=self.token)
+            return load(seconds)
 
 
 def cache_counts(stack: Stack) -> dict[str, float]:
@@ -80,29 +99,3 @@ def cache_counts(stack: Stack) -> dict[str, float]:
         ):
             totals[result] = totals.get(result, 0.0) + float(value)
     return totals
-
-
-def run_scenarios(scenarios, args, stack: Stack) -> dict:
-    results = {}
-    for scenario in scenarios:
-        log(f"{scenario.title}: {args.connections} connections, {args.seconds} s")
-        before = cache_counts(stack) if scenario.kind == "stack" else None
-        fixed = scenario.measure(args.connections, args.seconds, args.warmup)
-        if before is not None:
-            after = cache_counts(stack)
-            hits = after.get("hit", 0) - before.get("hit", 0)
-            misses = after.get("miss", 0) - before.get("miss", 0)
-            if hits + misses:
-                fixed["cache_hit_ratio"] = round(hits / (hits + misses), 4)
-        log(
-            f"  {fixed['rps']:.0f} req/s, p50 {fixed['p50_ms']:.1f} ms, "
-            f"p99 {fixed['p99_ms']:.1f} ms, errors {fixed['errors']}"
-        )
-        entry = {"title": scenario.title, "kind": scenario.kind, "fixed": fixed, "sweep": []}
-        if scenario.sweep:
-            for connections in args.sweep:
-                point = scenario.measure(connections, args.sweep_seconds, 1)
-                log(f"  c={connections}: {point['rps']:.0f} req/s, p99 {point['p99_ms']:.1f} ms")
-                entry["sweep"].append(point)
-        results[scenario.key] = entry
-    return results

@@ -6,7 +6,10 @@ One run, on one machine, measures
     nginx -> Gunicorn path as the API;
   - through the stack: a cached product GET, an uncached product GET (the
     replica, each request a product no one read since Redis was flushed) and
-    an order POST (the primary), at a fixed concurrency and over a sweep;
+    an order POST (the primary), at a fixed concurrency (closed loop, wrk: its
+    req/s is the scenario's max) and over a sweep of concurrencies;
+  - latency at a fixed arrival rate: each scenario but the ceilings driven open
+    loop (vegeta) at shares of its max (--open-rates, default 25,50,75%);
   - what TLS at the edge costs: the cached GET and the order POST again over
     HTTPS to the same load balancer (keepalive, as wrk keeps its connections);
   - the naive baseline: the Flask development server, no cache, no pool, one
@@ -20,13 +23,14 @@ appears as a ratio to its ceiling, so runs on different machines compare.
 
 All traffic goes to 127.0.0.1: the stack's published port and two ports the
 run publishes from an app instance (LXD proxy devices) for the bare Gunicorn
-and the naive server, removed afterwards. Every load is bounded by wrk's
-duration (-d) and a subprocess timeout.
+and the naive server, removed afterwards. Every load is bounded by its
+generator's duration (wrk's -d, vegeta's -duration) and a subprocess timeout.
 
 The parts: the stack is driven by scripts/stacklib.py (shared with the stack
 tests), what the loads need on it and the scenarios are in scenarios.py, the
-wrk loads in load.py, py-spy profiling in pyspy.py, the results files in
-report.py, the worker tier's figure in worker.py; this file runs them in order.
+wrk loads in load.py, the vegeta loads in openloop.py, py-spy profiling in
+pyspy.py, the results files in report.py, the worker tier's figure in
+worker.py; this file runs them in order.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import report
-from load import run_scenarios
+from load import cache_counts
+from openloop import open_loop
 from pyspy import profile
 from scenarios import AuxServers, EdgeTLS, answers_200, bench_scenarios, first_app, seed
 from stacklib import ROOT, STACK_SH, Stack, StackError, log, recap_changed
@@ -58,8 +63,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--sweep", default="1,8,32,64,128")
+    parser.add_argument("--sweep", type=whole_numbers, default="1,8,32,64,128")
     parser.add_argument("--sweep-seconds", type=int, default=5)
+    parser.add_argument(
+        "--open-rates",
+        type=whole_numbers,
+        default="25,50,75",
+        help="open-loop rates, %% of each scenario's max req/s ('' for none)",
+    )
+    parser.add_argument("--open-seconds", type=int, default=10, help="per open-loop figure")
     parser.add_argument("--order-rate", type=float, default=20, help="orders/s, worker figure")
     parser.add_argument("--order-seconds", type=int, default=30, help="its duration")
     parser.add_argument("--label", default="", help="suffix of the result files, e.g. before")
@@ -83,17 +95,78 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.render:
         return args
-    args.sweep = [int(c) for c in args.sweep.split(",")]
     if not (
         1 <= args.seconds <= 120
         and all(1 <= c <= 1024 for c in [args.connections, *args.sweep])
+        and all(1 <= pct <= 100 for pct in args.open_rates)
+        and 1 <= args.open_seconds <= 120
         and 0 < args.order_rate <= 200
         and 1 <= args.order_seconds <= 300
     ):
         parser.error(
-            "seconds must be 1-120, connections 1-1024, order-rate 0-200 and order-seconds 1-300"
+            "seconds must be 1-120, connections 1-1024, open-rates 1-100 (%), open-seconds "
+            "1-120, order-rate 0-200 and order-seconds 1-300"
         )
     return args
+
+
+def whole_numbers(text: str) -> list[int]:
+    """A comma-separated list of whole numbers, e.g. 25,50,75 ('' for none)."""
+    try:
+        return [int(number) for number in text.split(",") if number.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 25,50,75"
+        ) from None
+
+
+def run_scenarios(scenarios, args, stack: Stack) -> dict:
+    """Each scenario's figures: at the fixed concurrency (closed loop), open loop at
+    args.open_rates of that figure's req/s, then over the sweep."""
+    results = {}
+    for scenario in scenarios:
+        log(f"{scenario.title}: {args.connections} connections, {args.seconds} s")
+        before = cache_counts(stack) if scenario.kind == "stack" else None
+        fixed = scenario.measure(args.connections, args.seconds, args.warmup)
+        if before is not None:
+            after = cache_counts(stack)
+            hits = after.get("hit", 0) - before.get("hit", 0)
+            misses = after.get("miss", 0) - before.get("miss", 0)
+            if hits + misses:
+                fixed["cache_hit_ratio"] = round(hits / (hits + misses), 4)
+        log(
+            f"  {fixed['rps']:.0f} req/s, p50 {fixed['p50_ms']:.1f} ms, "
+            f"p99 {fixed['p99_ms']:.1f} ms, errors {fixed['errors']}"
+        )
+        entry = {
+            "title": scenario.title,
+            "kind": scenario.kind,
+            "fixed": fixed,
+            "open": [],
+            "sweep": [],
+        }
+        # The ceilings are the references the ratios divide by: no target concerns their
+        # latency, and at shares of nginx's max vegeta's own CPU would be what is measured.
+        if scenario.kind != "ceiling":
+            for pct in args.open_rates:
+                rate = max(1, round(fixed["rps"] * pct / 100))
+                point = {
+                    "rate_pct": pct,
+                    **open_loop(scenario, rate, args.open_seconds, args.warmup),
+                }
+                log(
+                    f"  open loop {pct}% = {rate}/s: {point['achieved_rps']:.0f} req/s, "
+                    f"p50 {point['p50_ms']:.1f} ms, p99 {point['p99_ms']:.1f} ms, "
+                    f"p99.9 {point['p999_ms']:.1f} ms, errors {point['errors']} {point['status']}"
+                )
+                entry["open"].append(point)
+        if scenario.sweep:
+            for connections in args.sweep:
+                point = scenario.measure(connections, args.sweep_seconds, 1)
+                log(f"  c={connections}: {point['rps']:.0f} req/s, p99 {point['p99_ms']:.1f} ms")
+                entry["sweep"].append(point)
+        results[scenario.key] = entry
+    return results
 
 
 def deploy_figures(stack: Stack) -> dict:
@@ -146,10 +219,16 @@ def describe(args, stack: Stack, deploy: dict, results: dict) -> dict:
             "warmup_seconds": args.warmup,
             "sweep": args.sweep,
             "sweep_seconds": args.sweep_seconds,
+            "open_rates_pct": args.open_rates,
+            "open_seconds": args.open_seconds,
         },
         "deploy": deploy,
         "results": results,
     }
+    if args.open_rates:
+        # "Version: v12.13.0" (scripts/setup-vegeta.sh stamps it)
+        version = stack.run("vegeta", "-version").stdout.split()[1]
+        described["machine"]["vegeta"] = f"vegeta {version}"
     described["targets"] = report.verdicts(results, args.connections)
     return described
 
@@ -161,6 +240,8 @@ def main() -> None:
         return
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (make bench installs it)")
+    if args.open_rates and not shutil.which("vegeta"):
+        raise SystemExit("vegeta is not on PATH (make bench builds it into .tools/)")
 
     stack = Stack(args.stack, args.port)
     if args.reuse and stack.exists():
