@@ -159,8 +159,8 @@ def test_a_write_on_a_server_that_stopped_leading_runs_again_on_the_new_leader(f
 
         first_leads.lead(second)
 
-        # The pooled connection passes its ping (the old leader still answers) and its write
-        # is refused; the transaction runs again on a new connection, to the new leader.
+        # The pooled connection's server (the old leader) still answers, and refuses the
+        # write; the transaction runs again on a new connection, to the new leader.
         statement = Calls(insert_product("DURING-SWITCHOVER"))
         with caplog.at_level(logging.WARNING, logger="flaskfleet.db"):
             assert database.write(statement)[0] == second.port
@@ -195,7 +195,7 @@ def test_a_fresh_connection_passes_over_idle_ones(first_leads):
         first_leads.lead(second)
         with pool.connection(fresh=True) as conn:
             assert server_port(conn) == second.port
-        # The idle one is left for its checkout's ping or write to judge.
+        # The idle one is left for its next write to judge.
         assert sorted(conn.info.port for conn in pool._get_pool()._pool) == sorted(
             [first.port, second.port]
         )
@@ -244,6 +244,66 @@ def test_a_write_whose_connection_was_terminated_runs_again(first_leads):
         assert statement.count == 2
         assert retries("connection_lost") - retried_before == 1
         assert first.query("SELECT sku FROM products") == [("ONCE",)]
+    finally:
+        pool.close()
+
+
+def restart(server: PostgresServer) -> None:
+    """Stop the server as a failover stops a leader (every session gets 57P01 and ends) and
+    start it again on the same port."""
+    server.stop("fast")
+    server.start()
+
+
+def test_a_read_on_a_connection_whose_server_restarted_runs_again(first_leads, caplog):
+    first, _ = first_leads.servers
+    pool = primary_pool(first_leads)
+    database = Database(pool, None)
+    try:
+        with ExitStack() as stack:
+            old = {backend_pid(stack.enter_context(pool.connection())) for _ in range(3)}
+        restart(first)
+        query = Calls(backend_pid)
+        with caplog.at_level(logging.WARNING, logger="flaskfleet.db"):
+            pid, source = database.read(query)
+        assert source == "primary"
+        assert pid not in old
+        assert query.count == 2
+        assert [record.message for record in caplog.records] == [
+            "database read lost its connection, running it again on a new connection"
+        ]
+        # The other dead connections were closed with the first: the next reads run once.
+        query = Calls(backend_pid)
+        for _ in range(3):
+            assert database.read(query)[0] not in old
+        assert query.count == 3
+    finally:
+        pool.close()
+
+
+def test_a_write_on_a_connection_whose_server_restarted_runs_again(first_leads):
+    """The pooled connection is dead before the transaction's first statement (its BEGIN
+    fails): nothing was sent, so the transaction runs on a new connection."""
+    first, _ = first_leads.servers
+    pool = primary_pool(first_leads)
+    database = Database(pool, None)
+    retried_before = retries("connection_lost")
+    try:
+        with ExitStack() as stack:
+            old = {backend_pid(stack.enter_context(pool.connection())) for _ in range(3)}
+        restart(first)
+        statement = Calls(insert_product("AFTER-RESTART"))
+        assert database.write(statement)[0] == first.port
+        assert statement.count == 2
+        assert retries("connection_lost") - retried_before == 1
+        statement = Calls(insert_product("AND-AGAIN"))
+        assert database.write(statement)[0] == first.port
+        assert statement.count == 1
+        assert not old & {conn.info.backend_pid for conn in pool._get_pool()._pool}
+        assert first.query("SELECT sku FROM products ORDER BY id") == [
+            ("AFTER-RESTART",),
+            ("AND-AGAIN",),
+        ]
     finally:
         pool.close()
 
@@ -388,12 +448,14 @@ def test_the_api_answers_503_while_no_server_leads(first_leads, client):
     assert first.query("SELECT count(*) FROM products") == [(0,)]
 
 
-def test_a_read_pool_drops_its_standby_once_it_is_promoted():
+def test_a_read_pool_drops_its_standby_once_it_is_promoted(caplog):
     """The replica's URL asks for a standby (target_session_attrs=standby), as the app role
     writes it. Reads get a connection to the standby; once that server is promoted (a
-    switchover or failover) its open connections would go on reading from a leader, so the
-    next checkout drops them and asks libpq for a standby again: with none left, the read pool
-    is unavailable (the app's replica breaker then reads from the primary pool)."""
+    switchover or failover) its open connections would go on reading from a leader. The
+    server reports in_hot_standby off with its next answer on each connection; the pool
+    drops the connection that brought it, and its idle siblings, and asks libpq for a standby
+    again: with none left, the read pool is unavailable (the app's replica breaker then reads
+    from the primary pool)."""
     with postgres_servers("flaskfleet-standby-") as (base, run_as, started):
         primary = new_postgres_server(
             pg_bin(), base, "primary", run_as, wal_level="replica", hot_standby="on"
@@ -407,11 +469,36 @@ def test_a_read_pool_drops_its_standby_once_it_is_promoted():
             "replica", f"postgresql://postgres@{hosts}/flaskfleet?target_session_attrs=standby",
             minconn=1, maxconn=2, timeout=5, connect_timeout=3, statement_timeout=10,
         )  # fmt: skip
+
+        def in_recovery(conn) -> bool:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                return cur.fetchone()[0]
+
         try:
-            with pool.connection() as conn:
-                assert server_port(conn) == standby.port
-            standby.run("pg_ctl", "-D", str(standby.data_dir), "-w", "promote")
-            with pytest.raises(DatabaseUnavailable, match=r"^replica: "), pool.connection():
-                pass
+            with pool.connection() as one, pool.connection() as other:
+                assert {server_port(one), server_port(other)} == {standby.port}
+            pooled = list(pool._get_pool()._pool)
+            with (
+                caplog.at_level(logging.WARNING, logger="flaskfleet.db"),
+                pool.connection() as conn,
+            ):
+                assert conn.get_parameter_status("in_hot_standby") == "on"
+                standby.run("pg_ctl", "-D", str(standby.data_dir), "-w", "promote")
+                # Nothing is pushed to an idle session: the news comes with the next answer,
+                # from the server already promoted.
+                assert conn.get_parameter_status("in_hot_standby") == "on"
+                conn.autocommit = True
+                assert in_recovery(conn) is False
+                assert conn.get_parameter_status("in_hot_standby") == "off"
+            # Dropped at checkin, with the idle one.
+            assert conn in pooled
+            assert all(pooled_conn.closed for pooled_conn in pooled)
+            assert not pool._get_pool()._pool
+            assert [record.message for record in caplog.records] == [
+                "database server left recovery, reconnecting to a standby"
+            ]
+            with pytest.raises(DatabaseUnavailable, match=r"^replica: "):
+                pool.read(in_recovery)
         finally:
             pool.close()

@@ -1,8 +1,11 @@
-"""The connection pool against the real primary: connections are reused, not reopened."""
+"""The connection pool against the real primary: connections are reused, not reopened, and
+handed out without a round trip of their own."""
 
+import logging
 from contextlib import ExitStack
 
-from flaskfleet.db import ConnectionPool, Database
+import pytest
+from flaskfleet.db import ConnectionLost, ConnectionPool, Database
 
 
 def primary_pool(cluster, maxconn: int) -> ConnectionPool:
@@ -35,11 +38,51 @@ def test_connections_beyond_the_minimum_stay_open_for_the_next_checkout(cluster)
         pool.close()
 
 
+def last_statement(cluster, pid: int) -> tuple[str, str]:
+    """(state, query) of a server process: the last statement its client sent, as the server
+    saw it."""
+    return cluster.primary.query(
+        "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
+    )[0]
+
+
+def test_a_checkout_sends_nothing_and_a_read_one_statement(cluster):
+    """No ping, no BEGIN, no SET at checkout or checkin: a one-statement read is one round
+    trip, and a block's first statement is the first thing its connection sends."""
+    pool = primary_pool(cluster, maxconn=1)
+
+    def read_pid(conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid() /* the read */")
+            return cur.fetchone()[0]
+
+    try:
+        pid = pool.read(read_pid)
+        assert last_statement(cluster, pid) == ("idle", "SELECT pg_backend_pid() /* the read */")
+        with pool.connection() as conn:
+            # The same connection (libpq knows its server process without asking).
+            assert conn.info.backend_pid == pid
+            assert last_statement(cluster, pid) == (
+                "idle",
+                "SELECT pg_backend_pid() /* the read */",
+            )
+            with conn.cursor() as cur:
+                cur.execute("SELECT 'the block' AS first_statement")
+            # psycopg2 sent BEGIN before it: the transaction the block asked for.
+            assert last_statement(cluster, pid) == (
+                "idle in transaction",
+                "SELECT 'the block' AS first_statement",
+            )
+        assert pool.read(read_pid) == pid
+    finally:
+        pool.close()
+
+
 def test_a_checked_out_connection_is_idle_and_in_a_transaction_only_when_used(cluster):
     pool = primary_pool(cluster, maxconn=2)
     try:
         with pool.connection() as conn:
-            # The pre-ping left no transaction open and restored transactional mode.
+            # Transactional, and nothing was sent at checkout: no transaction is open yet.
             assert conn.autocommit is False
             assert conn.info.transaction_status == 0  # TRANSACTION_STATUS_IDLE
             with conn.cursor() as cur:
@@ -69,20 +112,62 @@ def test_reads_run_without_a_transaction_around_them(cluster):
         primary.close()
 
 
-def test_one_stale_connection_replaces_every_idle_one_with_one_new_connection(cluster):
+def terminate_all(cluster, pids: set[int]) -> None:
+    """As a server restart does to every pooled connection."""
+    cluster.primary.query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM unnest(%s::int[]) AS pid", (list(pids),)
+    )
+
+
+def pid_query(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def test_one_dead_connection_closes_every_idle_one(cluster):
     pool = primary_pool(cluster, maxconn=4)
     try:
         old = backend_pids(pool, 3)
-        # As after a server restart: every pooled connection is dead.
-        cluster.primary.query(
-            "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(old),)
-        )
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            (fresh,) = cur.fetchone()
-        assert fresh not in old
-        # The dead ones were closed, not kept for the next checkouts to trip over one by one.
-        assert pool._get_pool()._pool and all(not c.closed for c in pool._get_pool()._pool)
+        terminate_all(cluster, old)
+        with pytest.raises(ConnectionLost, match=r"^test: "), pool.connection() as conn:
+            pid_query(conn)
+        # Not kept for the next checkouts to trip over one by one.
+        assert not pool._get_pool()._pool
         assert not old & backend_pids(pool, 3)
+    finally:
+        pool.close()
+
+
+def test_a_read_on_a_dead_connection_runs_again_on_a_new_one(cluster, caplog):
+    pool = primary_pool(cluster, maxconn=4)
+    try:
+        old = backend_pids(pool, 3)
+        terminate_all(cluster, old)
+        with caplog.at_level(logging.WARNING, logger="flaskfleet.db"):
+            assert pool.read(pid_query) not in old
+        assert [r.message for r in caplog.records] == [
+            "database read lost its connection, running it again on a new connection"
+        ]
+        assert not old & backend_pids(pool, 3)
+    finally:
+        pool.close()
+
+
+def test_a_read_that_fails_again_is_unavailable(cluster):
+    """Once only: here the second connection is lost too."""
+    pool = primary_pool(cluster, maxconn=2)
+    runs = []
+
+    def terminated(conn) -> None:
+        runs.append(conn.info.backend_pid)
+        terminate_all(cluster, {conn.info.backend_pid})
+        pid_query(conn)
+
+    try:
+        with pytest.raises(ConnectionLost, match=r"^test: "):
+            pool.read(terminated)
+        assert len(set(runs)) == 2
+        assert pool.read(pid_query) not in runs
     finally:
         pool.close()

@@ -3,16 +3,23 @@
 The primary is whichever server leads: its URL may list every database host with
 target_session_attrs=read-write, so libpq connects to the one that accepts writes (and the
 replica's, with standby, to a server in recovery). After a failover the pooled connections still
-point at the old leader: those that are gone fail their ping or their statement and are
-closed; one that finds its server taking no writes any more (a former leader back as a
-standby) is closed at its first write, SQLSTATE 25006, with every idle one, so the next
-checkout connects to the new leader. The replica pool's connections, made to a standby, are
-asked at each checkout whether their server is still in recovery: one promoted under them is
-dropped with its idle siblings, and libpq finds a standby again (or none: reads then go to the
-primary pool). A write transaction that failed either way before its
-COMMIT was sent runs once more on a new connection, so a switchover goes unnoticed by
+point at the old leader. No statement checks a connection before it is handed out (that
+would cost a round trip per request): one whose server is gone fails its first statement
+(ConnectionLost), and one that finds its server taking no writes any more (a former leader
+back as a standby) fails its first write, SQLSTATE 25006. Either way it is closed with every
+idle one, which point at the same server, so the next checkout connects afresh, through the
+URL's host list, to the server that leads now. A read that lost its connection runs once more
+on a new one: it is safe to repeat. A write transaction that failed either way before its
+COMMIT was sent runs once more on a new connection too, so a switchover goes unnoticed by
 clients; one that failed during its COMMIT (committed or not, nobody knows) or failed again
 fails as unavailable.
+
+The replica pool's connections are made to a standby, which a switchover or failover may
+promote under them. PostgreSQL (14 and later) reports in_hot_standby to its clients, and a
+promoted server reports it off with the next answer on each connection, so no query needs to
+ask: a connection back from a block with in_hot_standby off is closed with its idle siblings,
+and libpq finds a standby again (or none: reads then go to the primary pool). The one request
+whose answer brought the news was served by the promoted server, which is as good for a read.
 
 Reads go to the replica unless the client carries the WAL position of its own last write and
 the replica has not replayed that far yet; then, or when the replica is unreachable, they go
@@ -73,6 +80,11 @@ class DatabaseUnavailable(Exception):
     retry_reason: str | None = None
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The server closed the connection, or the network lost it, while the block used it: a
+    restart or a failover (a pooled connection is not checked before it is handed out)."""
+
+
 class _KeepAlivePool(psycopg2.pool.ThreadedConnectionPool):
     """psycopg2's pool opens `minconn` connections up front and, on return, closes any
     connection beyond `minconn` idle ones: under concurrency every checkout past the first
@@ -100,7 +112,8 @@ class _KeepAlivePool(psycopg2.pool.ThreadedConnectionPool):
 
 
 class ConnectionPool:
-    """A thread-safe psycopg2 pool that waits for a free slot and pings before handing out.
+    """A thread-safe psycopg2 pool that waits for a free slot and hands out idle connections
+    unchecked: a dead one fails its first statement (see the module docstring).
 
     The underlying pool is created lazily, and again after a fork, so importing the app in a
     master process never shares sockets with workers, and a database that is down at start-up
@@ -131,9 +144,10 @@ class ConnectionPool:
         self._pid: int | None = None
         # A URL that asks libpq for a standby (the replica's) gets a connection to a server in
         # recovery, but a switchover or failover promotes that server under its open
-        # connections: each checkout's ping asks whether it is still in recovery.
-        standby_only = psycopg2.extensions.parse_dsn(dsn).get("target_session_attrs") == "standby"
-        self._ping = "SELECT pg_is_in_recovery()" if standby_only else "SELECT true"
+        # connections: each checkin looks at what the server last reported (_checkin).
+        self._standby_only = (
+            psycopg2.extensions.parse_dsn(dsn).get("target_session_attrs") == "standby"
+        )
 
     def _get_pool(self) -> _KeepAlivePool:
         with self._lock:
@@ -151,45 +165,22 @@ class ConnectionPool:
                 metrics.DB_POOL_SIZE.labels(self.name).set(self._maxconn)
             return self._pool
 
-    def _checkout(self, pool: _KeepAlivePool, *, fresh: bool):
-        if fresh:
-            # Made now through the URL's host list: on the server that leads now, no ping needed.
-            return pool.getconn_new()
-        # A connection that fails its ping means the server restarted or stopped answering
-        # (or, for a standby-only pool, was promoted): the other idle ones are as stale, and
-        # trying each in turn would cost a dropping server's timeout per connection. Close
-        # them all and try one new connection, which libpq makes to a server that fits.
-        for attempt in range(2):
-            conn = pool.getconn()
-            try:
-                # One round trip: in autocommit the ping sends no BEGIN and needs no ROLLBACK.
-                conn.autocommit = True
-                with conn.cursor() as cur:
-                    cur.execute(self._ping)
-                    (fits,) = cur.fetchone()
-                conn.autocommit = False
-                if not fits:
-                    raise psycopg2.OperationalError("the server left recovery: no standby now")
-                return conn
-            except CONNECTION_ERRORS:
-                pool.putconn(conn, close=True)
-                if attempt:
-                    raise
-                pool.close_idle()
-        raise AssertionError("unreachable")  # pragma: no cover
-
     @contextmanager
     def connection(self, *, fresh: bool = False) -> Iterator[psycopg2.extensions.connection]:
-        """A connection for the block, pinged first; `fresh` makes a new one instead of
-        reusing an idle one (which may point at the same server as the one that failed)."""
+        """A connection for the block, transactional (psycopg2 sends BEGIN before its first
+        statement); `fresh` makes a new one instead of reusing an idle one (which may point at
+        the same server as the one that failed). A connection the server or the network closed
+        under the block raises ConnectionLost."""
         if not self._slots.acquire(timeout=self._timeout):
             raise DatabaseUnavailable(f"{self.name}: pool exhausted for {self._timeout}s")
         try:
             try:
                 pool = self._get_pool()
-                conn = self._checkout(pool, fresh=fresh)
+                conn = pool.getconn_new() if fresh else pool.getconn()
             except CONNECTION_ERRORS as exc:
                 raise DatabaseUnavailable(f"{self.name}: {exc}".strip()) from exc
+            # Reads put it in autocommit. Setting this sends nothing to the server.
+            conn.autocommit = False
             metrics.DB_POOL_IN_USE.labels(self.name).inc()
             read_only = False
             try:
@@ -205,28 +196,61 @@ class ConnectionPool:
             except CONNECTION_ERRORS as exc:
                 if not conn.closed:
                     raise
-                # The server went away under the statement (a failover or a restart).
-                raise DatabaseUnavailable(f"{self.name}: {str(exc).strip()}") from exc
+                # The server went away (a failover or a restart), before or under the
+                # statement; _checkin closes the idle connections to it too.
+                raise ConnectionLost(f"{self.name}: {str(exc).strip()}") from exc
             finally:
                 metrics.DB_POOL_IN_USE.labels(self.name).dec()
-                self._checkin(pool, conn, discard=read_only)
+                self._checkin(pool, conn, read_only=read_only)
         finally:
             self._slots.release()
 
-    @staticmethod
-    def _checkin(pool: _KeepAlivePool, conn, *, discard: bool = False) -> None:
-        """Return conn to the pool, or close it when it is broken; `discard` closes it and
-        every idle connection (their server refuses writes), so the next checkout connects
-        afresh, through target_session_attrs to the server that leads now."""
-        broken = bool(conn.closed)
-        if not broken and not discard:
+    def _checkin(self, pool: _KeepAlivePool, conn, *, read_only: bool) -> None:
+        """Return conn to the pool, or close it when it is broken. When its server is of no
+        use any more (gone, refusing writes: `read_only`, or, for a standby-only pool,
+        promoted), every idle connection is closed with it: they point at the same server,
+        and the next checkout connects afresh, through the URL's host list, to one that fits."""
+        unusable = read_only or bool(conn.closed)
+        if not unusable:
             try:
                 conn.rollback()
             except CONNECTION_ERRORS:
-                broken = True
-        pool.putconn(conn, close=broken or discard)
-        if discard:
+                unusable = True
+            else:
+                unusable = self._left_recovery(conn)
+        pool.putconn(conn, close=unusable)
+        if unusable:
             pool.close_idle()
+
+    def _left_recovery(self, conn) -> bool:
+        """Whether this standby-only pool's connection is to a server promoted since, as the
+        server's latest answer on it (the ROLLBACK's, or in autocommit the block's last
+        statement's) reported: no round trip of its own."""
+        if not self._standby_only or conn.get_parameter_status("in_hot_standby") != "off":
+            return False
+        log.warning(
+            "database server left recovery, reconnecting to a standby", extra={"pool": self.name}
+        )
+        return True
+
+    def read(self, query: Callable[[psycopg2.extensions.connection], T]) -> T:
+        """query(conn) in autocommit: no BEGIN and ROLLBACK round trips around it. When the
+        connection turns out dead (ConnectionLost: its idle siblings are closed with it), the
+        query runs once more on a new connection, a read being safe to repeat; a second
+        failure is the caller's."""
+        try:
+            return self._read_once(query, fresh=False)
+        except ConnectionLost as exc:
+            log.warning(
+                "database read lost its connection, running it again on a new connection",
+                extra={"pool": self.name, "error": str(exc)},
+            )
+        return self._read_once(query, fresh=True)
+
+    def _read_once(self, query: Callable[[psycopg2.extensions.connection], T], *, fresh: bool) -> T:
+        with self.connection(fresh=fresh) as conn:
+            conn.autocommit = True
+            return query(conn)
 
     def close(self) -> None:
         with self._lock:
@@ -264,19 +288,20 @@ class Database:
                 if result is not None:
                     return result[0], "replica"
                 metrics.DB_READ_ROUTED.labels("replica_behind").inc()
-        with self.primary.connection() as conn:
-            conn.autocommit = True
-            return query(conn), "primary"
+        return self.primary.read(query), "primary"
 
     def _read_replica(self, replica: ConnectionPool, query, min_lsn: str | None) -> tuple | None:
         """(result,) from the replica, or None when it has not replayed min_lsn yet."""
-        guard = self.replica_breaker.guard() if self.replica_breaker else nullcontext()
-        with guard, replica.connection() as conn:
-            # Reads run in autocommit: no BEGIN and ROLLBACK round trips around them.
-            conn.autocommit = True
+
+        def replayed_query(conn) -> tuple | None:
             if min_lsn is None or _has_replayed(conn, min_lsn):
                 return (query(conn),)
             return None
+
+        # Around the retry: a connection found dead and replaced is no failure of the replica.
+        guard = self.replica_breaker.guard() if self.replica_breaker else nullcontext()
+        with guard:
+            return replica.read(replayed_query)
 
     def write(
         self, statement: Callable[[psycopg2.extensions.connection], T], *, retry: bool = True
@@ -284,11 +309,12 @@ class Database:
         """Run a statement in one primary transaction; returns its result and the commit LSN.
 
         When the transaction fails before its COMMIT is sent because its server refuses writes
-        or its connection is gone (a switchover or failover), the statement runs once more from
-        the start, on a new connection that libpq makes to the server leading now: the failed
-        transaction left nothing behind, so nothing is applied twice. `statement` must then
-        do nothing outside its transaction; one that does (publishes, counts) passes
-        retry=False.
+        or its connection is gone (a switchover, failover or restart; a pooled connection may
+        have been dead before the transaction began, as nothing checks it at checkout), the
+        statement runs once more from the start, on a new connection that libpq makes to the
+        server leading now: the failed transaction left nothing behind, so nothing is applied
+        twice. `statement` must then do nothing outside its transaction; one that does
+        (publishes, counts) passes retry=False, and fails on a dead pooled connection.
         """
         try:
             return self._write_once(statement, fresh=False)

@@ -37,13 +37,19 @@ def _check_database(pool: db.ConnectionPool | None) -> dict:
     """Up or down, and for a standby its replay lag."""
     if pool is None:
         return {"status": "not_configured"}
-    try:
-        with pool.connection() as conn, conn.cursor() as cur:
+
+    def check(conn) -> tuple:
+        with conn.cursor() as cur:
             cur.execute(
                 "SELECT pg_is_in_recovery(),"
                 " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float"
             )
-            in_recovery, lag = cur.fetchone()
+            return cur.fetchone()
+
+    # pool.read, not pool.connection: a pooled connection whose server restarted is replaced
+    # and the check run again, rather than reporting the node unready once per process.
+    try:
+        in_recovery, lag = pool.read(check)
     except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS) as exc:
         return _down(pool.name, exc)
     result: dict = {"status": "ok", "in_recovery": in_recovery}
