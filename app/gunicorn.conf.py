@@ -1,8 +1,9 @@
 """Gunicorn settings for flaskfleet: `gunicorn -c gunicorn.conf.py` (the app is named below).
 
 Environment overrides: GUNICORN_BIND (default 127.0.0.1:8000, ignored under systemd socket
-activation), GUNICORN_WORKERS (default 2 x CPUs + 1), GUNICORN_THREADS, GUNICORN_TIMEOUT,
-GUNICORN_KEEPALIVE, GUNICORN_MAX_REQUESTS, GUNICORN_FORWARDED_ALLOW_IPS, and
+activation), GUNICORN_WORKERS (default 2 x CPUs + 1), GUNICORN_WORKER_CLASS (sync, gthread or
+gevent; default sync), GUNICORN_THREADS (gthread only), GUNICORN_WORKER_CONNECTIONS,
+GUNICORN_TIMEOUT, GUNICORN_KEEPALIVE, GUNICORN_MAX_REQUESTS, GUNICORN_FORWARDED_ALLOW_IPS, and
 PROMETHEUS_MULTIPROC_DIR for metrics summed over workers.
 
 systemd: with a .socket unit Gunicorn adopts the passed sockets (LISTEN_FDS) itself, and with
@@ -13,6 +14,9 @@ The master forks every worker, and a worker finds in sys.modules whatever the ma
 so this file, run by the master, imports nothing but the standard library and Gunicorn, never
 the flaskfleet package or its dependencies. Otherwise a HUP after a new release would start
 workers running the previous release's code. That is also why the JSON logger is defined here.
+One exception: Gunicorn imports the gevent worker's module, and gevent with it, in the master
+(it builds each worker object there before forking), so with that class a new release needs a
+restart rather than a HUP (the app role does so).
 """
 
 import datetime
@@ -21,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 
 from gunicorn import glogging
@@ -35,6 +40,15 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return int(raw)
 
 
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 wsgi_app = "flaskfleet.wsgi:app"
 
 # Under socket activation the sockets come from systemd. This file is read again on HUP, after
@@ -46,8 +60,22 @@ if not os.environ.get("GUNICORN_SOCKET_ACTIVATED"):
     bind = [os.environ.get("GUNICORN_BIND", "").strip() or "127.0.0.1:8000"]
 
 workers = _env_int("GUNICORN_WORKERS", 2 * multiprocessing.cpu_count() + 1, minimum=1)
-# More than one thread switches Gunicorn to the gthread worker.
+# How a worker serves requests at once (the app role's app_worker_class): sync, one at a time;
+# gthread, GUNICORN_THREADS at once in threads; gevent, up to GUNICORN_WORKER_CONNECTIONS at once
+# in greenlets, which suits requests that mostly wait on PostgreSQL and Redis.
+WORKER_CLASSES = ("sync", "gthread", "gevent")
+worker_class = _env_choice("GUNICORN_WORKER_CLASS", WORKER_CLASSES, "sync")
 threads = _env_int("GUNICORN_THREADS", 1, minimum=1)
+# Named, never implied: Gunicorn would quietly run sync with threads as gthread, and gevent
+# ignores threads.
+if threads > 1 and worker_class != "gthread":
+    raise SystemExit(
+        f"GUNICORN_THREADS={threads} needs GUNICORN_WORKER_CLASS=gthread (got {worker_class}):"
+        " only the gthread worker runs threads"
+    )
+# Connections a gthread or gevent worker holds open, idle keep-alive ones included; for gevent
+# also the requests it serves at once. The sync worker holds one at a time.
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1)
 timeout = _env_int("GUNICORN_TIMEOUT", 30, minimum=1)
 graceful_timeout = timeout
 # Longer than nginx's upstream keepalive_timeout would be pointless; nginx reuses connections.
@@ -149,6 +177,59 @@ def on_starting(server):
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.db"):
             stale.unlink()
+
+
+def post_fork(server, worker):
+    """In a gevent worker, before it imports the application: psycopg2 waits for PostgreSQL
+    through gevent. The worker's monkey patching reaches Python's sockets only; libpq does its
+    own I/O in C, and each query would block the worker's every greenlet until it returned."""
+    if worker_class == "gevent":
+        _make_psycopg2_cooperative()
+
+
+# libpq's CONNECTION_OK (ConnStatusType), for which psycopg2 has no name: any other status
+# means the connection is still being made.
+_LIBPQ_CONNECTION_OK = 0
+
+
+def _make_psycopg2_cooperative() -> None:
+    """psycopg2's wait callback for gevent: poll libpq and, until its socket is ready, let
+    other greenlets run. psycogreen's gevent callback, plus a connect timeout; psycogreen
+    itself is on PyPI as an sdist only, and make release installs wheels only.
+
+    libpq ignores connect_timeout when the application polls (its docs leave the timeout to the
+    application), so while connecting each server of the URL gets connect_timeout here, as a
+    blocking connect gives it. Past that the attempt fails as a connection error (which the
+    app's pools handle) where libpq would go on to the URL's next server: while one server
+    accepts connections and never answers, new connections fail instead of reaching the next.
+    Servers that refuse, or fail sooner, are passed over as libpq does.
+    """
+    import psycopg2
+    from gevent.socket import wait_read, wait_write
+    from psycopg2.extensions import POLL_OK, POLL_READ, parse_dsn, set_wait_callback
+
+    def wait(conn) -> None:
+        server = deadline = None
+        while True:
+            state = conn.poll()
+            if state == POLL_OK:
+                return
+            timeout = timed_out = None
+            if conn.info.status != _LIBPQ_CONNECTION_OK:
+                if (conn.info.host, conn.info.port) != server:
+                    server = (conn.info.host, conn.info.port)
+                    seconds = int(parse_dsn(conn.dsn).get("connect_timeout", 0))
+                    deadline = time.monotonic() + seconds if seconds > 0 else None
+                if deadline is not None:
+                    timeout = max(deadline - time.monotonic(), 0)
+                    timed_out = psycopg2.OperationalError(
+                        f"timeout expired connecting to {server[0]}:{server[1]}"
+                    )
+            (wait_read if state == POLL_READ else wait_write)(
+                conn.fileno(), timeout=timeout, timeout_exc=timed_out
+            )
+
+    set_wait_callback(wait)
 
 
 def post_worker_init(worker):
