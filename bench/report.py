@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# What the issue asks of the stack, checked (and reported, never asserted) at the
-# fixed concurrency: (scenario, share of hello's requests/s, p99 ceiling in ms).
-TARGETS = [
-    ("cached_get", 0.60, 30.0),
-    ("uncached_get", 0.40, 60.0),
-    ("order_post", 0.35, 60.0),
+# What round two of the performance work asks of the stack (reported, never asserted):
+# a scenario's req/s at the fixed concurrency as a share of a ceiling measured in the same
+# run, (scenario, ceiling, share). Its latency targets are open loop (below): a p99 at 64
+# closed-loop connections measures the load generator's queue.
+SHARE_TARGETS = [
+    ("cached_get", "nginx_ceiling", 0.70),
+    ("uncached_get", "hello", 0.60),
+    ("order_post", "hello", 0.45),
 ]
 SPEEDUP_TARGET = 5.0
 # And open loop: at OPEN_TARGET_PCT % of each stack scenario's max req/s, p99 under
@@ -35,20 +37,17 @@ def ratios(results: dict) -> None:
 
 
 def verdicts(results: dict, connections: int) -> list[dict]:
-    hello = results["hello"]["fixed"]
     out = []
-    for key, share, p99 in TARGETS:
-        fixed = results[key]["fixed"]
+    for key, ceiling, share in SHARE_TARGETS:
+        fixed, top = results[key]["fixed"], results[ceiling]
+        measured = fixed["rps"] / top["fixed"]["rps"]
         out.append(
             {
-                "target": f"{results[key]['title']}: >= {share:.0%} of hello's req/s, "
-                f"p99 < {p99:g} ms at {connections} connections, no errors",
-                "measured": f"{fixed['ratio_to_hello']:.0%} of hello "
-                f"({fixed['rps']:.0f} / {hello['rps']:.0f} req/s), p99 {fixed['p99_ms']:.1f} ms, "
-                f"{fixed['errors']} errors",
-                "met": fixed["ratio_to_hello"] >= share
-                and fixed["p99_ms"] < p99
-                and fixed["errors"] == 0,
+                "target": f"{results[key]['title']}: >= {share:.0%} of {top['title']}'s req/s "
+                f"at {connections} connections, no errors",
+                "measured": f"{measured:.0%} ({fixed['rps']:.0f} / {top['fixed']['rps']:.0f} "
+                f"req/s), {fixed['errors']} errors",
+                "met": measured >= share and fixed["errors"] == 0,
             }
         )
     naive = results["naive_get"]["fixed"]["rps"]
