@@ -206,15 +206,7 @@ def test_gunicorn_master_imports_nothing_of_the_application(
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
         GUNICORN_WORKER_CLASS=worker_class,
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_script(script, env, tmp_path)
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["logger"] == "JsonGunicornLogger"
     assert worker_module in report["modules"]
@@ -275,7 +267,12 @@ def master_settings(env: dict[str, str], cwd: Path) -> dict:
         "                  'threads': arbiter.cfg.threads,\n"
         "                  'worker_connections': arbiter.cfg.worker_connections}))\n"
     )
-    result = subprocess.run(
+    return json.loads(run_script(script, env, cwd).stdout.splitlines()[-1])
+
+
+def run_script(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """A Python script run as Gunicorn's master would run it; its last stdout line is JSON."""
+    return subprocess.run(
         [sys.executable, "-c", script],
         env=env,
         cwd=cwd,
@@ -284,7 +281,6 @@ def master_settings(env: dict[str, str], cwd: Path) -> dict:
         timeout=60,
         check=True,
     )
-    return json.loads(result.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize(
