@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,28 @@ def test_anonymous_api_reads_are_micro_cached():
     # The TTL is 1 s of nginx's clock, which counts whole seconds: gone 1 to 2 s later.
     LB.run("sleep 2.5")
     assert api_reads(requests=1)[0][1] in {"EXPIRED", "MISS"}, "the TTL is 1 s"
+
+
+def test_a_micro_cache_hit_is_logged_to_the_file_but_not_to_the_journal():
+    """Hits never leave nginx: the file has them, the journal (the central log) only the request
+    that went to the app for the entry."""
+    miss, hit = "ff-cache-miss-" + uuid.uuid4().hex[:8], "ff-cache-hit-" + uuid.uuid4().hex[:8]
+    LB.run("sleep 2.5")  # past the TTL of any earlier test's entry
+    statuses = [
+        request("/api/v1/products/1", headers=[f"X-Request-ID: {rid}"])[1]["x-micro-cache"]
+        for rid in (miss, hit)
+    ]
+    assert statuses[0] in {"EXPIRED", "MISS"} and statuses[1] == "HIT", statuses
+    logged = LB.check_output("tail -n 2 /var/log/nginx/access.log")
+    assert [json.loads(line)["request_id"] for line in logged.splitlines()] == [miss, hit], logged
+    # The miss's line reaching the journal shows the hit's had time to as well.
+    found = LB.run(
+        f"for i in $(seq 20); do journalctl -t nginx -o cat --no-pager | grep -qF {miss}"
+        " && exit 0; sleep 0.5; done; exit 1"
+    )
+    assert found.rc == 0, LB.run("journalctl -t nginx -n 5 --no-pager").stdout + diagnostics()
+    journal = LB.check_output("journalctl -t nginx -o cat --no-pager -n 200")
+    assert hit not in journal, journal
 
 
 @pytest.mark.parametrize(
