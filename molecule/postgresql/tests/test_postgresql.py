@@ -312,7 +312,9 @@ def test_app_roles_connect_from_the_app_group_only_to_the_app_database(role):
     assert "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
 
-def test_a_second_converge_changes_nothing_after_the_upgrade():
+def test_a_second_converge_changes_nothing_after_the_upgrade_and_the_failover():
+    """The role's first run since the side effect's crash, with the other member leading now:
+    nothing to change on either member (the plays ask Patroni who leads, not the groups)."""
     returncode, output = run_converge()
     assert returncode == 0, output
     assert set(re.findall(r"changed=(\d+)", output)) == {"0"}, output
