@@ -263,15 +263,21 @@ def test_missing_or_malformed_traceparent_starts_a_trace(traceparent):
     assert (entry["trace_id"], entry["span_id"]) == (request_id, request_id[-16:])
 
 
+def journal_lines_with(text):
+    """nginx's journal lines holding text (a request id), waited for up to 10 s: rc 0 and the
+    lines once there, rc 1 if they never come."""
+    return LB.run(
+        "for i in $(seq 20); do journalctl -t nginx -o cat --no-pager"
+        f" | grep -F {shlex.quote(text)} && exit 0; sleep 0.5; done; exit 1"
+    )
+
+
 def test_access_log_line_reaches_the_journal():
     """The access log goes to the journal too (identifier nginx), whence the central log."""
     request(
         "/", headers=["X-Request-ID: ff-journal-7", f"traceparent: 00-{TRACE_ID}-{CLIENT_SPAN}-01"]
     )
-    found = LB.run(
-        "for i in $(seq 20); do journalctl -t nginx -o cat --no-pager | grep -F ff-journal-7"
-        " && exit 0; sleep 0.5; done; exit 1"
-    )
+    found = journal_lines_with("ff-journal-7")
     assert found.rc == 0, LB.run("journalctl -t nginx -n 5 --no-pager").stdout + diagnostics()
     entry = json.loads(found.stdout.splitlines()[-1])
     assert (entry["request_id"], entry["trace_id"]) == ("ff-journal-7", TRACE_ID)
@@ -319,10 +325,7 @@ def test_a_micro_cache_hit_is_logged_to_the_file_but_not_to_the_journal():
     logged = LB.check_output("tail -n 2 /var/log/nginx/access.log")
     assert [json.loads(line)["request_id"] for line in logged.splitlines()] == [miss, hit], logged
     # The miss's line reaching the journal shows the hit's had time to as well.
-    found = LB.run(
-        f"for i in $(seq 20); do journalctl -t nginx -o cat --no-pager | grep -qF {miss}"
-        " && exit 0; sleep 0.5; done; exit 1"
-    )
+    found = journal_lines_with(miss)
     assert found.rc == 0, LB.run("journalctl -t nginx -n 5 --no-pager").stdout + diagnostics()
     journal = LB.check_output("journalctl -t nginx -o cat --no-pager -n 200")
     assert hit not in journal, journal
