@@ -390,8 +390,22 @@ restore_done() {
   vms
 }
 
+# stop_instances: stop the stack's running instances at once, with no
+# shutdown. Only for down, which deletes them with their data: a clean
+# shutdown protects nothing there, and LXD gives up on a VM whose services
+# outlast its shutdown timeout (a Celery worker's warm shutdown waits for its
+# running tasks), failing the destroy.
+stop_instances() {
+  local kind name
+  leftovers | while read -r kind name; do
+    [ "$kind" = instance ] && [ "$(lxc list --format csv -c s "^$name\$")" = RUNNING ] || continue
+    lxc stop --force "$name"
+  done
+}
+
 down() {
   log "removing stack $stack: VMs, network, inventory, secrets"
+  stop_instances
   destroy_vms
   remove_leftovers
   rm -rf "$inventory/hosts.json" "$state"
