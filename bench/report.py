@@ -127,6 +127,13 @@ def markdown(report: dict) -> str:
             f"\nRedis blackholed (circuit breakers): uncached GET p99 {a['p99_ms']:.1f} ms healthy,"
             f" {b['p99_ms']:.1f} ms with Redis dropping packets ({b['errors']} errors)."
         )
+    if "order_post" in results and "order_post_synchronous" in results:
+        a, b = results["order_post"]["fixed"], results["order_post_synchronous"]["fixed"]
+        lines.append(
+            f"\nSynchronous replication, order POST: {b['rps'] / a['rps']:.0%} of the asynchronous "
+            f"req/s, p50 {a['p50_ms']:.1f} -> {b['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} -> "
+            f"{b['p99_ms']:.1f} ms."
+        )
     lines += open_loop_table(report)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for verdict in report["targets"]:
