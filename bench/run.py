@@ -19,7 +19,9 @@ One run, on one machine, measures
     drained the order scenario's backlog;
   - deploy figures: a cold `make up`, a no-change `make up`, one deploy.yml;
 and writes bench/results/<date>[-label].json, .md and .png. Every figure also
-appears as a ratio to its ceiling, so runs on different machines compare.
+appears as a ratio to its ceiling, so runs on different machines compare, and
+with the CPU steal of its measurement (time a shared host's hypervisor gave
+other guests), so a figure taken on a starved machine says so.
 
 All traffic goes to 127.0.0.1: the stack's published port and two ports the
 run publishes from an app instance (LXD proxy devices) for the bare Gunicorn
@@ -120,6 +122,20 @@ def whole_numbers(text: str) -> list[int]:
         ) from None
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) ticks of this machine's CPUs so far (/proc/stat's first line: user nice
+    system idle iowait irq softirq steal; guest time is inside user already)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_since(before: tuple[int, int]) -> float:
+    """The share of CPU time the hypervisor gave to other guests since `before`: on a shared
+    cloud host it takes the cores the figures were measured on, so each figure carries it."""
+    steal, total = (after - then for after, then in zip(cpu_times(), before, strict=True))
+    return round(steal / total, 4) if total else 0.0
+
+
 def run_scenarios(scenarios, args, stack: Stack) -> dict:
     """Each scenario's figures: at the fixed concurrency (closed loop), open loop at
     args.open_rates of that figure's req/s, then over the sweep."""
@@ -127,7 +143,9 @@ def run_scenarios(scenarios, args, stack: Stack) -> dict:
     for scenario in scenarios:
         log(f"{scenario.title}: {args.connections} connections, {args.seconds} s")
         before = cache_counts(stack) if scenario.kind == "stack" else None
+        ticks = cpu_times()
         fixed = scenario.measure(args.connections, args.seconds, args.warmup)
+        fixed["cpu_steal"] = steal_since(ticks)
         if before is not None:
             after = cache_counts(stack)
             hits = after.get("hit", 0) - before.get("hit", 0)
@@ -136,7 +154,8 @@ def run_scenarios(scenarios, args, stack: Stack) -> dict:
                 fixed["cache_hit_ratio"] = round(hits / (hits + misses), 4)
         log(
             f"  {fixed['rps']:.0f} req/s, p50 {fixed['p50_ms']:.1f} ms, "
-            f"p99 {fixed['p99_ms']:.1f} ms, errors {fixed['errors']}"
+            f"p99 {fixed['p99_ms']:.1f} ms, errors {fixed['errors']}, "
+            f"CPU steal {fixed['cpu_steal']:.0%}"
         )
         entry = {
             "title": scenario.title,
@@ -150,14 +169,17 @@ def run_scenarios(scenarios, args, stack: Stack) -> dict:
         if scenario.kind != "ceiling":
             for pct in args.open_rates:
                 rate = max(1, round(fixed["rps"] * pct / 100))
+                ticks = cpu_times()
                 point = {
                     "rate_pct": pct,
                     **open_loop(scenario, rate, args.open_seconds, args.warmup),
+                    "cpu_steal": steal_since(ticks),
                 }
                 log(
                     f"  open loop {pct}% = {rate}/s: {point['achieved_rps']:.0f} req/s, "
                     f"p50 {point['p50_ms']:.1f} ms, p99 {point['p99_ms']:.1f} ms, "
-                    f"p99.9 {point['p999_ms']:.1f} ms, errors {point['errors']} {point['status']}"
+                    f"p99.9 {point['p999_ms']:.1f} ms, errors {point['errors']} {point['status']}, "
+                    f"CPU steal {point['cpu_steal']:.0%}"
                 )
                 entry["open"].append(point)
         if scenario.sweep:
@@ -267,7 +289,9 @@ def main() -> None:
                     scenario = next(scenario for scenario in chosen if scenario.key == key)
                     print(profile(stack, scenario, args.connections))
                 return
+            ticks = cpu_times()
             results = run_scenarios(chosen, args, stack)
+            scenarios_steal = steal_since(ticks)
             profiles = {
                 scenario.key: profile(stack, scenario, args.connections)
                 for scenario in chosen
@@ -279,6 +303,7 @@ def main() -> None:
         report.ratios(results)
         described = describe(args, stack, deploy, results)
         described["worker"] = workers
+        described["machine"]["cpu_steal_scenarios"] = scenarios_steal
     finally:
         if not args.keep:
             log(f"removing stack {stack.name}")
