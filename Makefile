@@ -15,7 +15,8 @@ MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard mol
 # beside it at the lowest priority, two at a time, in this order: the short
 # suites while it brings its stack up, then the Molecule scenarios (5-45
 # minutes each beside it, CPU-bound) once the stack is up, taking the CPU its
-# tests leave, longest first so that the two slots end together.
+# tests leave, longest first so that the lanes end together; the stack suite's
+# lane joins them when that suite ends.
 MOLECULE_ORDER := etcd postgresql pgbackrest redis nginx app monitoring worker journal common
 TEST_SUITES := stack terraform app lint playbooks rules foundation \
 	$(addprefix molecule:,$(MOLECULE_ORDER) $(filter-out $(MOLECULE_ORDER),$(MOLECULE_SCENARIOS)))

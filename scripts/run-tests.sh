@@ -14,7 +14,9 @@
 # stack takes the CPU whenever it wants it and the other suites fill what it
 # leaves. The Molecule scenarios wait until its stack is up (the
 # bring-up takes both cores, too long for their own timeouts); the short
-# suites run beside the bring-up.
+# suites run beside the bring-up. When the stack suite ends, its lane takes
+# suites from the same queue: the Molecule scenarios left then run three at a
+# time, which uses the CPU their waits (elections, TTLs, timers) leave idle.
 . "$(dirname "$0")/lib.sh"
 cd "$FF_ROOT"
 
@@ -66,26 +68,48 @@ lower_docker_cpu_weight() {
 }
 
 # In the order given (the Makefile's TEST_SUITES says why that order): each
-# suite starts when a slot frees up. Suites never share a name: the stack
-# suite's LXD stack (ff-test), the Terraform suite's (pt-*) and the Molecule
-# scenarios' Docker containers live side by side.
+# lane takes the queue's next suite when it is free. Suites never share a name:
+# the stack suite's LXD stack (ff-test), the Terraform suite's (pt-*) and the
+# Molecule scenarios' Docker containers live side by side.
+queue="$logs/queue"
+next_suite() {  # prints the queue's first suite and removes it; nothing once it is empty
+  {
+    flock 9
+    head -n 1 "$queue"
+    sed -i 1d "$queue"
+  } 9>"$queue.lock"
+}
+lane() {  # runs suites from the queue until it is empty
+  local suite
+  while suite=$(next_suite) && [ -n "$suite" ]; do run_suite "$suite"; done
+}
+export -f next_suite lane
+export queue
+
 others=()
 stack_lane=
 for suite in "$@"; do
   if [ "$suite" = stack ]; then stack_lane=1; else others+=("$suite"); fi
 done
+[ ${#others[@]} -eq 0 ] || printf '%s\n' "${others[@]}" >"$queue"
+touch "$queue"
 priority=()
+lanes=()
 if [ -n "$stack_lane" ]; then
   lower_docker_cpu_weight
   # tests/stack/conftest.py creates it once the stack is up; the lane creates it
   # when the suite ends, so that nothing waits on a bring-up that failed.
   export FF_STACK_UP_FILE="$logs/stack.up"
-  (run_suite stack; touch "$FF_STACK_UP_FILE") &
-  stack_pid=$!
+  (run_suite stack; touch "$FF_STACK_UP_FILE"; exec nice -n 19 bash -c lane) &
+  lanes+=($!)
   priority=(nice -n 19)
 fi
-printf '%s\n' "${others[@]}" | "${priority[@]}" xargs -r -P "$jobs" -I{} bash -c 'run_suite "$1"' _ {}
-[ -z "$stack_lane" ] || wait "$stack_pid"
+for ((i = 0; i < jobs; i++)); do
+  "${priority[@]}" bash -c lane &
+  lanes+=($!)
+done
+# A lane that died leaves its suites without a result: the table counts them failed.
+wait "${lanes[@]}" || true
 
 passed=0
 failed=0
