@@ -24,3 +24,9 @@ sync_venv() {  # sync_venv DIR LOCKFILE
 
 sync_venv .venv requirements/main.txt
 sync_venv .venv-checkov requirements/checkov.txt
+
+# ansible.cfg and the Molecule config name Mitogen's strategy plugins by this
+# link, whichever Python version the venv was made with.
+ln -sfn "$("$FF_ROOT/.venv/bin/python" -c 'import ansible_mitogen, pathlib
+print(pathlib.Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")')" \
+  "$FF_ROOT/.venv/mitogen-strategies"

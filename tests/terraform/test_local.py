@@ -191,7 +191,7 @@ def test_ansible_inventory_graph_shows_every_group(stack, inventory_dir):
         seen = listed["_meta"]["hostvars"][name]
         assert seen["ansible_host"] == host_vars["private_ip"]
         assert seen["private_ip"] == host_vars["private_ip"]
-        assert seen["ansible_connection"] == "ansible.builtin.ssh"
+        assert seen["ansible_connection"] == "ssh"
         assert seen["ansible_user"] == "admin"
 
 
