@@ -91,8 +91,7 @@ stack_lane=
 for suite in "$@"; do
   if [ "$suite" = stack ]; then stack_lane=1; else others+=("$suite"); fi
 done
-[ ${#others[@]} -eq 0 ] || printf '%s\n' "${others[@]}" >"$queue"
-touch "$queue"
+printf '%s\n' "${others[@]}" >"$queue"
 priority=()
 lanes=()
 if [ -n "$stack_lane" ]; then
