@@ -121,7 +121,11 @@ for suite in "$@"; do
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
-    echo "==== $suite failed; last lines of .test-logs/$file.log:"
+    # Ansible's and OpenTofu's errors come minutes before a log's end (Molecule's
+    # destroy, a fixture's teardown follow them): their first lines are printed too.
+    echo "==== $suite failed; first errors in .test-logs/$file.log:"
+    grep -aE -A 4 'fatal: \[|UNREACHABLE!|FAILED! =>|Error: ' "$logs/$file.log" | head -n 40 || true
+    echo "==== last lines of .test-logs/$file.log:"
     tail -n 120 "$logs/$file.log"
     echo "===="
   fi
