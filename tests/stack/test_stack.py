@@ -986,17 +986,20 @@ def cluster_is_whole(members: dict[str, dict]) -> bool:
     """One leader that takes writes, and every other member a replica that runs and streams
     from it. Patroni's view alone is not enough: a leader that lost etcd stays listed as Leader
     and running until its lock's TTL expires (its member key cannot be updated), while it has
-    demoted itself and no server takes writes; so the leader's server is asked too."""
+    demoted itself and no server takes writes; and Patroni (3.0) lists a standby as running
+    whether it streams or not (one whose WAL diverged from the leader's never does). So the
+    leader's server is asked too: it takes writes and streams to every replica."""
     leaders = [t for t, m in members.items() if m["Role"] == "Leader" and m["State"] == "running"]
+    replicas = [m for m in members.values() if m["Role"] != "Leader"]
     return (
         len(members) == 2
         and len(leaders) == 1
         and all(
             m["State"] in ("running", "streaming") and m.get("Lag in MB") not in ("", "unknown")
-            for m in members.values()
-            if m["Role"] != "Leader"
+            for m in replicas
         )
         and in_recovery(leaders[0]) == "f"
+        and streaming_to(leaders[0]) == len(replicas)
     )
 
 
@@ -1005,6 +1008,14 @@ def in_recovery(tier: str) -> str | None:
     (stopped or restarting)."""
     try:
         return psql(tier, "SELECT pg_is_in_recovery()")
+    except stacklib.StackError:
+        return None
+
+
+def streaming_to(tier: str) -> int | None:
+    """How many standbys that tier's server streams to, or None while it does not answer."""
+    try:
+        return int(psql(tier, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"))
     except stacklib.StackError:
         return None
 

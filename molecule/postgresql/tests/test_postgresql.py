@@ -4,6 +4,7 @@ runtime roles, the service's sandbox."""
 
 import json
 import re
+import shlex
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import (
     KEY_FILE,
     MEMBERS,
     SERVICE,
+    VERIFY_FULL,
     diagnostics,
     eventually,
     fails_in_validation_on,
@@ -161,6 +163,23 @@ def test_pg_hba_has_no_trust_and_admits_the_replica(node, request, replica):
         "error": None,
     }
     assert replication in rules, rules
+
+
+@pytest.mark.parametrize("node", ["leader", "replica"])
+def test_a_member_reads_its_own_timeline_over_a_local_replication_connection(node, request):
+    """Patroni decides whether a rejoining old leader must be rewound from the standby's own
+    timeline, which it reads over a replication connection to localhost when the standby has no
+    WAL receiver (its WAL diverged from the new leader's): refused, the standby never streams
+    again. The connection is TLS verified against the stack's CA, as every TCP one."""
+    host = request.getfixturevalue(node)
+    secret = host.ansible.get_variables()["postgresql_replication_password"]
+    conninfo = f"host=localhost user=replicator replication=true {VERIFY_FULL}"
+    identity = host.run(
+        f"PGPASSWORD={shlex.quote(secret)} psql -XAt {shlex.quote(conninfo)} -c IDENTIFY_SYSTEM"
+    )
+    assert identity.rc == 0, identity.stderr
+    system = psql(host, "SELECT system_identifier FROM pg_control_system()").stdout.strip()
+    assert identity.stdout.split("|")[0] == system, identity.stdout
 
 
 def test_passwords_are_scram_hashed(leader):
