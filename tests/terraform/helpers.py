@@ -118,10 +118,6 @@ def ansible_env():
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1",
-        # As Molecule's (.config/molecule/config.yml): make test runs this suite at the
-        # lowest priority beside the stack suite's bring-up, which can leave the
-        # controller next to no CPU while Mitogen sets its connections up.
-        "ANSIBLE_TIMEOUT": "300",
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
     }
 
