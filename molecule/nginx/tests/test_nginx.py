@@ -620,15 +620,26 @@ def test_drained_host_taken_out_and_put_back():
     assert LB.check_output("systemctl show -P MainPID nginx") == master_pid, "reload, not restart"
 
 
-def test_rate_limit_is_per_client_address():
-    """One address over its limit gets 429 while another is still served."""
-    busy, other = "http://127.0.0.1/", f"http://{outside_address()}/"
-    codes = statuses(([busy] * 100 + [other, busy, busy] * 5, []))
+def assert_each_client_has_its_own_bucket(busy, other):
+    """busy and other are two clients, each (URL, request headers). After 100 back-to-back
+    requests the busy one is over its limit (429); then, five times, one request of the other's
+    is served while two back-to-back of the busy one's right after it are refused at least once
+    (its bucket regains a request per 1/rate while the other's is served)."""
+    (busy_url, busy_headers), (other_url, other_headers) = busy, other
+    groups = [([busy_url] * 100, busy_headers)]
+    for _ in range(5):
+        groups += [([other_url], other_headers), ([busy_url] * 2, busy_headers)]
+    codes = statuses(*groups)
     assert "429" in codes[:100], codes
     assert codes[100::3] == ["200"] * 5, codes
-    # Still over its limit: two back-to-back requests after each of the other's
-    # (the bucket regains a request per 1/rate while the other's is served).
     assert "429" in codes[101::3] + codes[102::3], codes
+
+
+def test_rate_limit_is_per_client_address():
+    """One address over its limit gets 429 while another is still served."""
+    assert_each_client_has_its_own_bucket(
+        ("http://127.0.0.1/", []), (f"http://{outside_address()}/", [])
+    )
 
 
 def test_rate_limit_is_per_client_behind_the_trusted_proxy():
@@ -636,14 +647,9 @@ def test_rate_limit_is_per_client_behind_the_trusted_proxy():
     load balancer's address."""
     LB.run("sleep 3")  # the previous test's buckets refill
     url = "http://127.0.0.1/"
-    busy, other = ["X-Forwarded-For: 203.0.113.7"], ["X-Forwarded-For: 203.0.113.8"]
-    groups = [([url] * 100, busy)]
-    for _ in range(5):
-        groups += [([url], other), ([url] * 2, busy)]
-    codes = statuses(*groups)
-    assert "429" in codes[:100], codes
-    assert codes[100::3] == ["200"] * 5, codes
-    assert "429" in codes[101::3] + codes[102::3], codes
+    assert_each_client_has_its_own_bucket(
+        (url, ["X-Forwarded-For: 203.0.113.7"]), (url, ["X-Forwarded-For: 203.0.113.8"])
+    )
 
 
 def test_renewal_serves_the_new_certificate_after_a_reload():
