@@ -285,9 +285,9 @@ def main() -> None:
                 wanted = set(args.only.split(","))
                 chosen = [scenario for scenario in chosen if scenario.key in wanted]
                 run_scenarios(chosen, args, stack)
-                for key in profiled:
-                    scenario = next(scenario for scenario in chosen if scenario.key == key)
-                    print(profile(stack, scenario, args.connections))
+                for scenario in chosen:
+                    if scenario.key in profiled:
+                        print(profile(stack, scenario, args.connections))
                 return
             ticks = cpu_times()
             results = run_scenarios(chosen, args, stack)
