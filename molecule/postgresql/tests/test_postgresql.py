@@ -474,6 +474,25 @@ def test_a_data_device_that_is_not_attached_fails_before_any_change():
     assert set(re.findall(r"changed=(\d+)", output)) <= {"0"}, output
 
 
+def test_a_required_watchdog_a_container_cannot_have_fails_before_any_change():
+    """A container has no watchdog device and cannot load softdog: required mode would leave
+    Patroni never taking the lead, so the role refuses it before changing anything."""
+    returncode, output = run_converge("postgresql_watchdog_mode=required")
+    assert returncode != 0, output
+    assert "can have no watchdog device (a container has none)" in output, output
+    assert set(re.findall(r"changed=(\d+)", output)) <= {"0"}, output
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/udev/rules.d/60-patroni-watchdog.rules", "/etc/modules-load.d/softdog.conf"]
+)
+def test_a_container_gets_no_watchdog_rule_or_module(leader, replica, path):
+    """The role told the container apart from a VM (systemd-detect-virt): it wrote no udev rule
+    and loads no softdog there."""
+    for member in (leader, replica):
+        assert not member.file(path).exists, member.backend.host
+
+
 def test_the_old_leader_rejoined_as_a_replica_after_its_crash(members, leader, replica):
     """The side effect killed the first leader's container under Patroni: the replica took the
     lead by itself, and the old leader, started again, rejoined as its replica with no operator
