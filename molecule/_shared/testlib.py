@@ -29,6 +29,28 @@ def private_ip(target) -> str:
     return target.check_output("ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
 
 
+def write_private_file(target, path: str, content: str) -> None:
+    """Write a file only root can read on a scenario container, its content on stdin: a secret
+    in a command, even inside `sh -c`, shows in the host's and the container's process lists."""
+    subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            target.backend.host,
+            "sh",
+            "-c",
+            'umask 077 && cat > "$1"',
+            "sh",
+            path,
+        ],
+        input=content,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
 def journal(target, *units: str, lines: int = 40) -> str:
     """The units' journal, for assertion messages."""
     flags = " ".join(f"-u {unit}" for unit in units)

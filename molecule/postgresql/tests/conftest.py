@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
-from testlib import eventually, fails_in_validation_on, host, run_playbook
+from testlib import eventually, fails_in_validation_on, host, run_playbook, write_private_file
 
 # The tests import these testlib helpers from here with the scenario's own helpers.
 __all__ = ["eventually", "fails_in_validation_on", "host"]
@@ -21,6 +21,8 @@ MEMBERS = ("postgresql-primary", "postgresql-replica")
 PATRONICTL = "patronictl --config-file /etc/patroni/config.yml"
 APP_DATABASE = "flaskfleet"
 APP_ROLES = {"owner": "flaskfleet_owner", "runtime": "flaskfleet"}
+REPLICATION_ROLE = "replicator"
+MONITOR_ROLE = "flaskfleet_monitor"
 CA_FILE = "/etc/flaskfleet/tls/ca.crt"
 CERTIFICATE_FILE = "/etc/flaskfleet/tls/postgresql.crt"
 KEY_FILE = "/etc/flaskfleet/tls/postgresql.key"
@@ -63,20 +65,33 @@ def psql(host, sql, database="postgres"):
     )
 
 
-def password(host, role):
-    """The inventory's password for one of the app's roles ('owner' or 'runtime')."""
-    name = {"owner": "postgresql_app_owner_password", "runtime": "postgresql_app_password"}[role]
-    return host.ansible.get_variables()[name]
+def pgpass_line(user, password):
+    """A ~/.pgpass line for any server and database, ':' and '\\' escaped as libpq reads them."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:{user}:{escaped}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _passwords_in_pgpass():
+    """The tests' TCP connections as the app's, the replication and the monitoring roles read
+    the inventory's passwords from root's ~/.pgpass on each member, never from a command line."""
+    for name in MEMBERS:
+        member = host(name)
+        variables = member.ansible.get_variables()
+        lines = [
+            pgpass_line(APP_ROLES["owner"], variables["postgresql_app_owner_password"]),
+            pgpass_line(APP_ROLES["runtime"], variables["postgresql_app_password"]),
+            pgpass_line(REPLICATION_ROLE, variables["postgresql_replication_password"]),
+            pgpass_line(MONITOR_ROLE, variables["postgresql_monitor_password"]),
+        ]
+        write_private_file(member, "/root/.pgpass", "\n".join(lines) + "\n")
 
 
 def psql_as(host, role, sql, server="127.0.0.1", database=APP_DATABASE, tls=VERIFY_FULL):
     """Run SQL as one of the app's roles ('owner' or 'runtime'), over TCP with its password and,
     unless tls says otherwise, TLS verified against the stack's CA."""
     conninfo = f"host={server} user={APP_ROLES[role]} dbname={database} {tls}"
-    return host.run(
-        f"PGPASSWORD={shlex.quote(password(host, role))} psql -XAtq -v ON_ERROR_STOP=1"
-        f" {shlex.quote(conninfo)} -c {shlex.quote(sql)}"
-    )
+    return host.run(f"psql -XAtq -v ON_ERROR_STOP=1 {shlex.quote(conninfo)} -c {shlex.quote(sql)}")
 
 
 def served_serial(host, server):

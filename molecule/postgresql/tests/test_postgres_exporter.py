@@ -7,13 +7,12 @@ import re
 import shlex
 
 import pytest
-from conftest import APP_DATABASE, CA_FILE, eventually, psql
+from conftest import APP_DATABASE, CA_FILE, MONITOR_ROLE, eventually, psql
 from testlib import exposure, journal, private_ip
 
 UNIT = "prometheus-postgres-exporter"
 PORT = 9187
 ENV_FILE = "/etc/default/prometheus-postgres-exporter"
-MONITOR_ROLE = "flaskfleet_monitor"
 MAX_EXPOSURE = 3.0
 
 
@@ -137,10 +136,7 @@ def test_monitor_role_reads_statistics_not_the_apps_data(leader, replica):
         f"host=127.0.0.1 user={MONITOR_ROLE} dbname={APP_DATABASE}"
         f" sslmode=verify-full sslrootcert={CA_FILE}"
     )
-    refused = leader.run(
-        f"PGPASSWORD={shlex.quote(monitor_password(leader))}"
-        f" psql -XAtq {shlex.quote(conninfo)} -c 'SELECT 1'"
-    )
+    refused = leader.run(f"psql -XAtq {shlex.quote(conninfo)} -c 'SELECT 1'")
     assert refused.rc != 0
     assert "permission denied for database" in refused.stderr, refused.stderr
 

@@ -15,6 +15,7 @@ from conftest import (
     CERTIFICATE_FILE,
     KEY_FILE,
     MEMBERS,
+    REPLICATION_ROLE,
     SERVICE,
     VERIFY_FULL,
     diagnostics,
@@ -172,11 +173,8 @@ def test_a_member_reads_its_own_timeline_over_a_local_replication_connection(nod
     WAL receiver (its WAL diverged from the new leader's): refused, the standby never streams
     again. The connection is TLS verified against the stack's CA, as every TCP one."""
     host = request.getfixturevalue(node)
-    secret = host.ansible.get_variables()["postgresql_replication_password"]
-    conninfo = f"host=localhost user=replicator replication=true {VERIFY_FULL}"
-    identity = host.run(
-        f"PGPASSWORD={shlex.quote(secret)} psql -XAt {shlex.quote(conninfo)} -c IDENTIFY_SYSTEM"
-    )
+    conninfo = f"host=localhost user={REPLICATION_ROLE} replication=true {VERIFY_FULL}"
+    identity = host.run(f"psql -XAt {shlex.quote(conninfo)} -c IDENTIFY_SYSTEM")
     assert identity.rc == 0, identity.stderr
     system = psql(host, "SELECT system_identifier FROM pg_control_system()").stdout.strip()
     assert identity.stdout.split("|")[0] == system, identity.stdout
