@@ -27,31 +27,45 @@ OPEN_CACHED_P99_MS = {"cached_get": 10.0, "cached_get_https": 10.0}
 OPEN_RATE_HELD = 0.95
 
 
+# The ceilings the ratios divide by: ratio name -> scenario.
+CEILINGS = {"ratio_to_nginx": "nginx_ceiling", "ratio_to_hello": "hello"}
+
+
 def ratios(results: dict) -> None:
-    nginx = results["nginx_ceiling"]["fixed"]["rps"]
-    hello = results["hello"]["fixed"]["rps"]
-    for entry in results.values():
-        fixed = entry["fixed"]
-        fixed["ratio_to_nginx"] = round(fixed["rps"] / nginx, 4)
-        fixed["ratio_to_hello"] = round(fixed["rps"] / hello, 4)
+    """Each figure's share of the ceilings measured in the same run (a run of chosen scenarios,
+    make bench --only, may have left them out)."""
+    for ratio, ceiling in CEILINGS.items():
+        if ceiling in results:
+            top = results[ceiling]["fixed"]["rps"]
+            for entry in results.values():
+                entry["fixed"][ratio] = round(entry["fixed"]["rps"] / top, 4)
+
+
+def ratio_text(fixed: dict, ratio: str) -> str:
+    return f"{fixed[ratio]:.0%}" if ratio in fixed else ""
 
 
 def verdicts(results: dict, connections: int) -> list[dict]:
+    """The targets whose scenarios the run measured (all of them unless make bench --only)."""
     out = []
-    for key, ceiling, share in SHARE_TARGETS:
+    for key, ceiling, target_share in SHARE_TARGETS:
+        if key not in results or ceiling not in results:
+            continue
         fixed, top = results[key]["fixed"], results[ceiling]
         measured = fixed["rps"] / top["fixed"]["rps"]
         out.append(
             {
-                "target": f"{results[key]['title']}: >= {share:.0%} of {top['title']}'s req/s "
-                f"at {connections} connections, no errors",
+                "target": f"{results[key]['title']}: >= {target_share:.0%} of {top['title']}'s "
+                f"req/s at {connections} connections, no errors",
                 "measured": f"{measured:.0%} ({fixed['rps']:.0f} / {top['fixed']['rps']:.0f} "
                 f"req/s), {fixed['errors']} errors",
-                "met": measured >= share and fixed["errors"] == 0,
+                "met": measured >= target_share and fixed["errors"] == 0,
             }
         )
-    naive = results["naive_get"]["fixed"]["rps"]
-    for key in ("cached_get", "uncached_get"):
+    naive = results["naive_get"]["fixed"]["rps"] if "naive_get" in results else None
+    for key in ("cached_get", "uncached_get") if naive else ():
+        if key not in results:
+            continue
         rps = results[key]["fixed"]["rps"]
         speedup = rps / naive
         results[key]["fixed"]["speedup_vs_naive"] = round(speedup, 2)
@@ -102,6 +116,11 @@ def markdown(report: dict) -> str:
         f"Gunicorn {report['stack']['gunicorn']}); wrk, {report['settings']['connections']} "
         f"connections, {report['settings']['seconds']} s per figure.",
     ]
+    if report.get("only"):
+        lines.append(
+            f"\nOnly these scenarios (make bench --only): {', '.join(report['only'])}; the ratios "
+            "and targets need the ceilings and scenarios they name."
+        )
     steal = report["machine"].get("cpu_steal_scenarios")
     if steal is not None:
         # A shared cloud host's hypervisor takes CPU time from the guest: the figures were
@@ -121,8 +140,8 @@ def markdown(report: dict) -> str:
         hits = f"{f['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in f else ""
         stolen = f"{f['cpu_steal']:.0%}" if "cpu_steal" in f else ""
         lines.append(
-            f"| {entry['title']} | {f['rps']:.0f} | {f['ratio_to_nginx']:.0%} | "
-            f"{f['ratio_to_hello']:.0%} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+            f"| {entry['title']} | {f['rps']:.0f} | {ratio_text(f, 'ratio_to_nginx')} | "
+            f"{ratio_text(f, 'ratio_to_hello')} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
             f"{f['errors']} | {hits} | {stolen} |"
         )
     results = report["results"]
@@ -147,7 +166,8 @@ def markdown(report: dict) -> str:
             f"{b['p99_ms']:.1f} ms."
         )
     lines += open_loop_table(report)
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    if report["targets"]:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
     for verdict in report["targets"]:
         lines.append(
             f"| {verdict['target']} | {verdict['measured']} | {'yes' if verdict['met'] else 'NO'} |"
@@ -237,13 +257,8 @@ def chart(report: dict, path: Path) -> None:
     bars.set_title("Throughput (grey: ceilings, red: naive)")
     for i, k in enumerate(keys):
         f = results[k]["fixed"]
-        bars.text(
-            f["rps"],
-            i,
-            f" {f['rps']:.0f} ({f['ratio_to_hello']:.0%} of hello)",
-            va="center",
-            fontsize=8,
-        )
+        of_hello = f" ({ratio_text(f, 'ratio_to_hello')} of hello)" if "ratio_to_hello" in f else ""
+        bars.text(f["rps"], i, f" {f['rps']:.0f}{of_hello}", va="center", fontsize=8)
     bars.set_xlim(right=max(results[k]["fixed"]["rps"] for k in keys) * 40)
     for k in keys:
         points = results[k].get("open")

@@ -51,7 +51,15 @@ import report
 from load import cache_counts
 from openloop import open_loop
 from pyspy import profile
-from scenarios import AuxServers, EdgeTLS, answers_200, bench_scenarios, first_app, seed
+from scenarios import (
+    SCENARIO_KEYS,
+    AuxServers,
+    EdgeTLS,
+    answers_200,
+    bench_scenarios,
+    first_app,
+    seed,
+)
 from stacklib import ROOT, STACK_SH, Stack, StackError, log, recap_changed
 from worker import now, worker_figure
 
@@ -89,7 +97,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios for a quick look (no result files), e.g. hello,order_post",
+        help="comma-separated scenarios only, e.g. hello,order_post: a quick look (printed, no "
+        "result files) unless --label names its result files",
     )
     parser.add_argument(
         "--render", metavar="JSON", help="only rewrite the .md and .png of an earlier results file"
@@ -97,6 +106,11 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.render:
         return args
+    unknown = sorted(
+        {key for key in f"{args.only},{args.profile}".split(",") if key} - set(SCENARIO_KEYS)
+    )
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}: choose from {', '.join(SCENARIO_KEYS)}")
     if not (
         1 <= args.seconds <= 120
         and all(1 <= c <= 1024 for c in [args.connections, *args.sweep])
@@ -284,6 +298,7 @@ def main() -> None:
             if args.only:
                 wanted = set(args.only.split(","))
                 chosen = [scenario for scenario in chosen if scenario.key in wanted]
+            if args.only and not args.label:
                 run_scenarios(chosen, args, stack)
                 for scenario in chosen:
                     if scenario.key in profiled:
@@ -297,12 +312,16 @@ def main() -> None:
                 for scenario in chosen
                 if scenario.key in profiled
             }
-        workers = worker_figure(
-            stack, first, args.order_rate, args.order_seconds, scenarios_started
+        # The worker tier's figure belongs to a whole run, not to chosen scenarios.
+        workers = (
+            None
+            if args.only
+            else worker_figure(stack, first, args.order_rate, args.order_seconds, scenarios_started)
         )
         report.ratios(results)
         described = describe(args, stack, deploy, results)
         described["worker"] = workers
+        described["only"] = sorted(wanted) if args.only else []
         described["machine"]["cpu_steal_scenarios"] = scenarios_steal
     finally:
         if not args.keep:

@@ -195,6 +195,23 @@ def synchronous_mode(stack: Stack) -> Iterator[None]:
         switch(False)
 
 
+# The scenarios bench_scenarios builds, in the report's order: make bench --only names them
+# before any stack exists, so that a misspelt one fails before the run starts.
+SCENARIO_KEYS = (
+    "nginx_ceiling",
+    "gunicorn_ceiling",
+    "hello",
+    "cached_get",
+    "cached_get_https",
+    "uncached_get",
+    "uncached_get_redis_blackholed",
+    "order_post",
+    "order_post_synchronous",
+    "order_post_https",
+    "naive_get",
+)
+
+
 def bench_scenarios(
     stack: Stack,
     aux: AuxServers,
@@ -207,7 +224,7 @@ def bench_scenarios(
     """The ceilings, the stack's scenarios and the naive baseline, in the report's order."""
     first, last = seeded
     product = f"/api/v1/products/{first}"
-    return [
+    scenarios = [
         Scenario(
             "nginx_ceiling", "nginx fixed 200 (LB)", f"{stack.url}/nginx-health", kind="ceiling"
         ),
@@ -282,3 +299,6 @@ def bench_scenarios(
             kind="baseline",
         ),
     ]
+    if tuple(scenario.key for scenario in scenarios) != SCENARIO_KEYS:
+        raise RuntimeError("SCENARIO_KEYS does not list bench_scenarios' scenarios in order")
+    return scenarios
