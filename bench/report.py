@@ -259,7 +259,8 @@ def chart(report: dict, path: Path) -> None:
         f = results[k]["fixed"]
         of_hello = f" ({ratio_text(f, 'ratio_to_hello')} of hello)" if "ratio_to_hello" in f else ""
         bars.text(f["rps"], i, f" {f['rps']:.0f}{of_hello}", va="center", fontsize=8)
-    bars.set_xlim(right=max(results[k]["fixed"]["rps"] for k in keys) * 40)
+    # From 1 req/s: a log axis left to itself starts at the smallest bar, which then shows none.
+    bars.set_xlim(left=1, right=max(results[k]["fixed"]["rps"] for k in keys) * 40)
     for k in keys:
         points = results[k].get("open")
         if not points:
