@@ -21,6 +21,7 @@ from conftest import (
     run_deploy,
     worker_pids,
 )
+from testlib import changed_nothing
 
 BASE = "/opt/flaskfleet"
 
@@ -226,7 +227,7 @@ def test_bad_variable_fails_before_any_change(extra_vars, message):
     returncode, output = run_deploy(extra_vars)
     assert returncode != 0, output
     assert message in output, output
-    assert set(re.findall(r"changed=(\d+)", output)) <= {"0"}, output
+    assert changed_nothing(output), output
 
 
 def workers_map_only(app, release):
